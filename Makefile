@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    - the main job on its embedded default (SynthAVS -> shards -> summary)
+#   make test   - the test suite
+# Both create .venv/ from requirements.lock first (once; again when the lock changes).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test install lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m flows.pipeline $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Re-resolve the pins after changing pyproject.toml's dependencies (see README).
+lock:
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/pip install --quiet --upgrade pip
+	.lockenv/bin/pip install --quiet -e '.[test]'
+	.lockenv/bin/pip freeze --exclude-editable | grep -v '^avs-at-scale' > requirements.lock
+	rm -rf .lockenv
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,1 @@
+"""Typed schemas for every config group under conf/ (one file per group)."""

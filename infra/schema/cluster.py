@@ -1,0 +1,20 @@
+"""Schema of conf/cluster/: where Ray runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ClusterConfig:
+    # None: start a local Ray. "auto": join the cluster this machine belongs to.
+    # "ray://head:10001": Ray Client. RAY_ADDRESS in the environment wins over None.
+    address: str | None = None
+    num_cpus: int | None = None  # local Ray only; None = all cores
+    num_gpus: int | None = None
+    namespace: str = "avs"
+    include_dashboard: bool = False
+    object_store_memory_mb: int | None = None  # local Ray only
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"cluster.num_cpus must be >= 1 or null, got {self.num_cpus}")

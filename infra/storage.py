@@ -1,0 +1,233 @@
+"""One storage layer for every path in the project: local paths and s3:// URIs alike.
+
+Everything that reads or writes goes through :class:`Storage`, built from a
+:class:`~infra.schema.storage.StorageConfig`. Credentials come from that config or from
+the usual AWS environment variables; they are kept out of ``repr`` and logs. A Storage
+is picklable, so Ray tasks and actors receive it as an argument.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import fsspec
+
+from infra.schema.storage import StorageConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors worth retrying: the network, throttling, a server hiccup. Missing files and
+# denied access are not transient and surface at once.
+_TRANSIENT_MARKERS = ("timeout", "timed out", "throttl", "slowdown", "503", "500", "connection", "reset by peer")
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with '/', for local paths and URIs alike."""
+    if is_remote(base):
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest, *parts)
+    return os.path.join(base, *parts)
+
+
+def redact(text: str, cfg: StorageConfig) -> str:
+    """Replace any credential of cfg that appears in text."""
+    for secret in (cfg.resolved_key(), cfg.resolved_secret()):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the URI and the cause (credentials redacted)."""
+
+
+class Storage:
+    """fsspec filesystems for local paths and s3:// URIs, with retries for transient errors."""
+
+    def __init__(self, cfg: StorageConfig | None = None):
+        self.cfg = cfg or StorageConfig()
+        self._fs: dict[str, fsspec.AbstractFileSystem] = {}
+
+    def __repr__(self) -> str:  # never show credentials
+        return f"Storage(endpoint_url={self.cfg.endpoint_url!r}, region={self.cfg.region!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cfg": self.cfg}  # filesystems hold sockets and locks: rebuild them where unpickled
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.cfg = state["cfg"]
+        self._fs = {}
+
+    # -- filesystems -----------------------------------------------------------------
+    def s3_options(self) -> dict[str, Any]:
+        """Options for s3fs (also what Ray Data and pyarrow need to reach the same bucket)."""
+        c = self.cfg
+        opts: dict[str, Any] = {"anon": c.anon}
+        if c.resolved_key():
+            opts["key"] = c.resolved_key()
+            opts["secret"] = c.resolved_secret()
+        client_kwargs: dict[str, Any] = {}
+        if c.resolved_endpoint():
+            client_kwargs["endpoint_url"] = c.resolved_endpoint()
+        if c.region:
+            client_kwargs["region_name"] = c.region
+        if client_kwargs:
+            opts["client_kwargs"] = client_kwargs
+        opts["config_kwargs"] = {"retries": {"max_attempts": max(1, c.retries), "mode": "standard"}}
+        return opts
+
+    def filesystem(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The filesystem for url and the path inside it."""
+        if is_remote(url):
+            scheme, rest = url.split("://", 1)
+            if scheme not in ("s3", "s3a"):
+                raise StorageError(f"unsupported storage scheme {scheme!r} in {url!r}: use a local path or s3://")
+            if "s3" not in self._fs:
+                self._fs["s3"] = fsspec.filesystem("s3", skip_instance_cache=True, **self.s3_options())
+            return self._fs["s3"], rest
+        if url.startswith("file://"):
+            url = url[len("file://"):]
+        if "local" not in self._fs:
+            self._fs["local"] = fsspec.filesystem("file")
+        return self._fs["local"], os.path.abspath(url)
+
+    def pyarrow_filesystem(self, url: str):
+        """A pyarrow filesystem and path for url, for Ray Data readers and writers."""
+        import pyarrow.fs as pafs
+
+        fs, path = self.filesystem(url)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+    # -- retries ---------------------------------------------------------------------
+    def _retry(self, what: str, url: str, fn: Callable[[], T]) -> T:
+        attempts = max(1, self.cfg.retries)
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except FileNotFoundError:
+                raise
+            except PermissionError as e:
+                raise StorageError(f"access denied to {url}: {redact(str(e), self.cfg)}") from None
+            except Exception as e:  # noqa: BLE001 - classify, then retry or raise
+                msg = redact(f"{type(e).__name__}: {e}", self.cfg)
+                transient = any(m in msg.lower() for m in _TRANSIENT_MARKERS)
+                if not transient or attempt == attempts:
+                    raise StorageError(f"{what} {url} failed after {attempt} attempt(s): {msg}") from None
+                delay = self.cfg.retry_backoff_s * 2 ** (attempt - 1)
+                log.warning("%s %s: transient error (%s), retry %d/%d in %.1fs", what, url, msg, attempt, attempts, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # -- operations ------------------------------------------------------------------
+    def open(self, url: str, mode: str = "rb", **kwargs: Any):
+        fs, path = self.filesystem(url)
+        if "w" in mode and not is_remote(url):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return fs.open(path, mode, **kwargs)
+
+    def read_bytes(self, url: str) -> bytes:
+        fs, path = self.filesystem(url)
+        return self._retry("read", url, lambda: fs.cat_file(path))
+
+    def read_text(self, url: str) -> str:
+        return self.read_bytes(url).decode("utf-8")
+
+    def write_bytes(self, url: str, data: bytes) -> None:
+        """Write a whole object. Local files appear atomically (temp file + rename); an S3
+        object is only visible once its upload completes, so readers never see half a file."""
+        fs, path = self.filesystem(url)
+        if is_remote(url):
+            self._retry("write", url, lambda: fs.pipe_file(path, data))
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def write_text(self, url: str, text: str) -> None:
+        self.write_bytes(url, text.encode("utf-8"))
+
+    def put_file(self, local_path: str, url: str) -> None:
+        """Copy a local file to url (atomically, as write_bytes)."""
+        fs, path = self.filesystem(url)
+        if is_remote(url):
+            self._retry("upload", url, lambda: fs.put_file(local_path, path))
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, path)
+
+    def exists(self, url: str) -> bool:
+        fs, path = self.filesystem(url)
+        return bool(self._retry("stat", url, lambda: fs.exists(path)))
+
+    def size(self, url: str) -> int:
+        fs, path = self.filesystem(url)
+        return int(self._retry("stat", url, lambda: fs.size(path)))
+
+    def listdir(self, url: str) -> list[str]:
+        """Full URIs of the entries directly under url, sorted."""
+        fs, path = self.filesystem(url)
+        try:
+            entries = self._retry("list", url, lambda: fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
+        return sorted(self._to_url(url, e) for e in entries)
+
+    def glob(self, url_pattern: str) -> list[str]:
+        fs, path = self.filesystem(url_pattern)
+        return sorted(self._to_url(url_pattern, p) for p in self._retry("glob", url_pattern, lambda: fs.glob(path)))
+
+    def walk_files(self, url: str) -> list[str]:
+        """Every file below url, recursively, as full URIs, sorted."""
+        fs, path = self.filesystem(url)
+        try:
+            found = self._retry("list", url, lambda: fs.find(path))
+        except FileNotFoundError:
+            return []
+        return sorted(self._to_url(url, p) for p in found)
+
+    def makedirs(self, url: str) -> None:
+        fs, path = self.filesystem(url)
+        if not is_remote(url):
+            fs.makedirs(path, exist_ok=True)
+
+    def rm(self, url: str, recursive: bool = False) -> None:
+        fs, path = self.filesystem(url)
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+
+    @contextlib.contextmanager
+    def local_path(self, url: str, suffix: str = "") -> Iterator[str]:
+        """A local file path holding url's bytes: the path itself when local, else a temp copy."""
+        if not is_remote(url):
+            yield self.filesystem(url)[1]
+            return
+        fd, tmp = tempfile.mkstemp(suffix=suffix or os.path.splitext(url)[1])
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.read_bytes(url))
+            yield tmp
+        finally:
+            os.unlink(tmp)
+
+    @staticmethod
+    def _to_url(like: str, path: str) -> str:
+        if is_remote(like):
+            return like.split("://", 1)[0] + "://" + path.lstrip("/")
+        return path
