@@ -1,0 +1,141 @@
+"""Sources and decoding: where clips come from, and how each becomes one in-memory Clip.
+
+Two kinds of source, one result (:class:`~tasks.clip.Clip`):
+
+- an AVSBench folder (S4, MS3 or AVSS, laid out as released; SynthAVS writes the same
+  layout): :func:`list_avsbench`, decoded by :mod:`tasks.avsbench`;
+- any folder or bucket of video files FFmpeg can open: :func:`list_videos`, decoded by
+  :mod:`tasks.video` (T frames at 1 fps, 16 kHz mono audio, VGGish log-mel).
+
+Listing is cheap and finds what is missing (a CSV row whose files are absent, a file that
+is not a video by its name); decoding reads the bytes and finds what is broken (truncated
+or corrupt video, no audio track, zero frames, masks that do not fit their frames). Both
+return :class:`~tasks.clip.Reject` records with the clip id and the reason; nothing is
+silently dropped, and one bad clip never stops a run.
+
+Every path goes through :class:`infra.storage.Storage`, so local folders and s3:// alike.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from infra.storage import Storage
+from tasks.clip import Clip, Reject
+
+log = logging.getLogger(__name__)
+
+KINDS = ("avsbench_s4", "avsbench_ms3", "avsbench_avss", "video")
+SPLITS = ("train", "val", "test")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+# Files that may sit beside videos and are not clips: ignored when listing a video folder.
+# Anything else that is not a video extension is reported, not skipped.
+SIDECAR_EXTENSIONS = (".json", ".csv", ".txt", ".md", ".yaml", ".yml", ".srt", ".vtt")
+
+
+@dataclass
+class ClipRef:
+    """Where one clip lives, before any byte of it is read.
+
+    kind:    avsbench_s4 | avsbench_ms3 | avsbench_avss | video (which reader decodes it).
+    uri:     the video file, or the AVSBench clip folder.
+    members: named files of the clip (frame_0, mask_0, audio, logmel, label2idx ...), as URIs.
+    labels:  categories known at listing time (S4's category column), else empty.
+    """
+
+    clip_id: str
+    kind: str
+    uri: str
+    split: str = "none"
+    setting: str = "none"
+    members: dict[str, str] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+
+
+class ClipDecodeError(Exception):
+    """One clip cannot be decoded; reason says what is wrong with it in plain words."""
+
+    def __init__(self, clip_id: str, reason: str):
+        self.clip_id = clip_id
+        self.reason = reason
+        super().__init__(f"clip {clip_id!r}: {reason}")
+
+
+def list_avsbench(
+    root: str, setting: str, storage: Storage, splits: list[str] | tuple[str, ...] | None = None
+) -> tuple[list[ClipRef], list[Reject]]:
+    """Clips of one AVSBench setting ("s4" | "ms3" | "avss") under root, and the rows that
+    cannot be used (stage "list", naming the missing files).
+
+    root may be the folder holding AVSBench_object/ and AVSBench_semantic/, or the setting's
+    own folder (Single-source/, Multi-sources/, AVSBench_semantic/). splits: None = all.
+    """
+    from tasks import avsbench
+
+    return avsbench.list_clips(root, setting, storage, splits)
+
+
+def list_videos(
+    root: str, storage: Storage, extensions: tuple[str, ...] = VIDEO_EXTENSIONS
+) -> tuple[list[ClipRef], list[Reject]]:
+    """Every video file below root (recursive), as refs; every other file that is not a
+    known sidecar (json, csv, txt ...) or hidden file as a Reject "not a video file".
+
+    clip_id is the path below root without its extension ('/'-separated); split is the
+    nearest enclosing folder named train/val/test, else "none".
+    """
+    from tasks import video
+
+    return video.list_clips(root, storage, tuple(e.lower() for e in extensions))
+
+
+def decode_clip(ref: ClipRef, storage: Storage, num_frames: int, frame_size: int) -> Clip:
+    """Decode one clip into T = num_frames frames of frame_size x frame_size.
+
+    Raises ClipDecodeError(clip_id, reason) when the clip is unusable; ValueError for
+    arguments that no clip could satisfy.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if frame_size < 8:
+        raise ValueError(f"frame_size must be >= 8, got {frame_size}")
+    if ref.kind == "video":
+        from tasks import video
+
+        clip = video.decode(ref, storage, num_frames, frame_size)
+    elif ref.kind.startswith("avsbench_"):
+        from tasks import avsbench
+
+        clip = avsbench.decode(ref, storage, num_frames, frame_size)
+    else:
+        raise ClipDecodeError(ref.clip_id, f"unknown source kind {ref.kind!r} (known: {', '.join(KINDS)})")
+    try:
+        clip.validate()
+    except ValueError as e:
+        raise ClipDecodeError(ref.clip_id, str(e)) from None
+    return clip
+
+
+def decode_or_reject(ref: ClipRef, storage: Storage, num_frames: int, frame_size: int) -> Clip | Reject:
+    """decode_clip, with every failure of this one clip turned into a Reject(stage="decode")."""
+    try:
+        return decode_clip(ref, storage, num_frames, frame_size)
+    except ClipDecodeError as e:
+        return Reject(e.clip_id, ref.uri, "decode", e.reason)
+    except Exception as e:  # noqa: BLE001 - one clip's failure, whatever it is, must not stop a run
+        log.debug("decoding %s failed", ref.uri, exc_info=True)
+        return Reject(ref.clip_id, ref.uri, "decode", f"{type(e).__name__}: {e}")
+
+
+def decode_many(
+    refs: list[ClipRef], storage: Storage, num_frames: int, frame_size: int
+) -> tuple[list[Clip], list[Reject]]:
+    """Decode refs in order; the clips that decode, and a Reject for each one that does not."""
+    clips: list[Clip] = []
+    rejects: list[Reject] = []
+    for ref in refs:
+        out = decode_or_reject(ref, storage, num_frames, frame_size)
+        (rejects if isinstance(out, Reject) else clips).append(out)
+    if rejects:
+        log.info("decoded %d clips, rejected %d", len(clips), len(rejects))
+    return clips, rejects
