@@ -1,0 +1,271 @@
+"""COMBO's losses: Hungarian set loss (class CE + mask BCE + dice, deep supervision) and the
+adaptive inter-frame consistency loss; ``ComboLoss`` puts them together.
+
+Ground truth reaches the losses per frame as ``{"labels": n, "masks": n x H x W}``
+(``targets_from_masks`` builds these from class-id maps), or ``None`` for a frame without
+ground truth (S4 training clips annotate only their first frame).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.matcher import HungarianMatcher, point_sample
+
+
+def targets_from_masks(
+    masks: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+    has_gt: Sequence[bool] | torch.Tensor | None = None,
+) -> list[dict | None]:
+    """Per-frame set targets from class-id maps.
+
+    Args:
+        masks: ``N x H x W`` integer ids: 0 background, ``1..num_classes`` the classes (binary
+            S4/MS3 ground truth is 0/1 with ``num_classes=1``), ``ignore_index`` ignored pixels.
+        num_classes: foreground classes C; id ``k`` becomes class label ``k - 1``.
+        ignore_index: id of pixels that belong to no instance.
+        has_gt: optional N flags; frames flagged False get ``None`` (no supervision).
+
+    Returns N entries ``{"labels": LongTensor[n], "masks": BoolTensor[n, H, W]}`` with one
+    instance per class present (so a binary frame gives one instance of class 0 when its mask
+    is non-empty, none when empty), or ``None``.
+    """
+    if masks.dim() != 3 or masks.is_floating_point():
+        raise ValueError(f"masks must be an N x H x W integer tensor of class ids, got {masks.dtype} {tuple(masks.shape)}")
+    if has_gt is not None and len(has_gt) != masks.shape[0]:
+        raise ValueError(f"has_gt has {len(has_gt)} flags for {masks.shape[0]} masks")
+    targets: list[dict | None] = []
+    for i, frame in enumerate(masks.long()):
+        if has_gt is not None and not bool(has_gt[i]):
+            targets.append(None)
+            continue
+        ids = torch.unique(frame)
+        ids = ids[(ids != 0) & (ids != ignore_index)]
+        bad = ids[(ids < 0) | (ids > num_classes)]
+        if bad.numel():
+            raise ValueError(
+                f"mask {i} holds class ids {bad.tolist()} outside 1..{num_classes} (num_classes={num_classes}, "
+                f"ignore_index={ignore_index})"
+            )
+        targets.append({"labels": ids - 1, "masks": frame[None] == ids[:, None, None]})
+    return targets
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """Sum over masks of ``1 - (2|p t| + 1) / (|p| + |t| + 1)``, divided by ``num_masks``.
+    logits, targets: ``n x P``."""
+    probs = logits.sigmoid()
+    numerator = 2 * (probs * targets).sum(-1)
+    denominator = probs.sum(-1) + targets.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+def sigmoid_bce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """Sum over masks of the per-pixel mean BCE, divided by ``num_masks``. ``n x P`` each."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1).sum() / num_masks
+
+
+def uncertain_points(
+    logits: torch.Tensor, num_points: int, oversample_ratio: float, importance_sample_ratio: float
+) -> torch.Tensor:
+    """Mask2Former's point choice: of ``oversample_ratio * num_points`` random points, keep the
+    ``importance_sample_ratio`` share closest to the decision boundary (|logit| smallest), fill up
+    with fresh random points. ``logits: R x h x w`` -> coords ``R x num_points x 2`` in [0, 1]."""
+    r = logits.shape[0]
+    num_sampled = int(num_points * oversample_ratio)
+    coords = torch.rand(r, num_sampled, 2, device=logits.device)
+    uncertainty = -point_sample(logits, coords).abs()
+    num_uncertain = int(importance_sample_ratio * num_points)
+    idx = uncertainty.topk(num_uncertain, dim=1).indices
+    chosen = torch.gather(coords, 1, idx[..., None].expand(-1, -1, 2))
+    rest = torch.rand(r, num_points - num_uncertain, 2, device=logits.device)
+    return torch.cat([chosen, rest], dim=1)
+
+
+def _num_masks_across_workers(count: int, device: torch.device) -> float:
+    """Mean number of target masks per worker (DDP), at least 1: the normaliser Mask2Former uses."""
+    total = torch.tensor([float(count)], device=device)
+    world = 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+        world = torch.distributed.get_world_size()
+    return max(total.item() / world, 1.0)
+
+
+class HungarianLoss(nn.Module):
+    """Set loss of a mask-classification model, with deep supervision.
+
+    For each prediction (final and every ``aux_outputs`` entry): match queries to targets
+    (``HungarianMatcher`` with the same weights), then
+    ``weight_class * CE(classes; no-object weighted no_object_weight)
+    + weight_mask * BCE(matched masks) + weight_dice * dice(matched masks)``.
+
+    Args:
+        num_classes: foreground classes C (logits have C + 1 entries, last = no object).
+        num_points: if set, mask losses use this many points per mask chosen near the
+            boundary (Mask2Former); if None, predictions are upsampled to the target size.
+
+    ``forward(outputs, targets)``: ``outputs`` has ``pred_logits: N x Q x (C+1)``,
+    ``pred_masks: N x Q x h x w`` and optionally ``aux_outputs``; ``targets`` is a list of N
+    dicts (see ``targets_from_masks``) or ``None`` for frames without ground truth (skipped).
+    Returns a dict: ``loss`` (weighted total, a scalar tensor), and unweighted parts
+    ``loss_ce``, ``loss_mask``, ``loss_dice`` (final layer) and ``loss_ce_{i}`` ... (aux i).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        weight_class: float = 2.0,
+        weight_mask: float = 5.0,
+        weight_dice: float = 5.0,
+        no_object_weight: float = 0.1,
+        num_points: int | None = None,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.weight_class, self.weight_mask, self.weight_dice = weight_class, weight_mask, weight_dice
+        self.num_points = num_points
+        self.oversample_ratio, self.importance_sample_ratio = oversample_ratio, importance_sample_ratio
+        self.matcher = HungarianMatcher(weight_class, weight_mask, weight_dice, num_points)
+        class_weight = torch.ones(num_classes + 1)
+        class_weight[-1] = no_object_weight
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    def _single(self, outputs: dict, targets: Sequence[dict], num_masks: float) -> dict[str, torch.Tensor]:
+        logits, masks = outputs["pred_logits"], outputs["pred_masks"]
+        indices = self.matcher(outputs, targets)
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)
+        src_masks, tgt_masks = [], []
+        for i, ((q_idx, t_idx), target) in enumerate(zip(indices, targets)):
+            # targets may live on another device than the predictions: index each on its own
+            labels, tgt = target["labels"], target["masks"]
+            t_idx_tgt = t_idx.to(labels.device)
+            q_idx = q_idx.to(logits.device)
+            target_classes[i, q_idx] = labels[t_idx_tgt].to(logits.device)
+            if len(q_idx):
+                src_masks.append(masks[i, q_idx])
+                tgt_masks.append(tgt[t_idx.to(tgt.device)].to(device=masks.device, dtype=masks.dtype))
+        loss_ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.class_weight)
+        if not src_masks:
+            zero = masks.sum() * 0.0  # keeps the graph connected for DDP
+            return {"loss_ce": loss_ce, "loss_mask": zero, "loss_dice": zero}
+        # matched pairs of all frames, each frame's target resolution may differ: go per frame
+        bce, dice = masks.new_zeros(()).float(), masks.new_zeros(()).float()
+        for src, tgt in zip(src_masks, tgt_masks):
+            if self.num_points is not None:
+                with torch.no_grad():
+                    coords = uncertain_points(
+                        src.detach(), self.num_points, self.oversample_ratio, self.importance_sample_ratio
+                    )
+                    tgt_points = point_sample(tgt, coords)
+                src_points = point_sample(src, coords)
+            else:
+                src_points = F.interpolate(src[None], size=tgt.shape[-2:], mode="bilinear", align_corners=False)[0]
+                src_points, tgt_points = src_points.flatten(1), tgt.flatten(1)
+            bce = bce + sigmoid_bce_loss(src_points.float(), tgt_points.float(), num_masks)
+            dice = dice + dice_loss(src_points.float(), tgt_points.float(), num_masks)
+        return {"loss_ce": loss_ce, "loss_mask": bce, "loss_dice": dice}
+
+    def forward(self, outputs: dict, targets: Sequence[dict | None]) -> dict[str, torch.Tensor]:
+        n = outputs["pred_logits"].shape[0]
+        if len(targets) != n:
+            raise ValueError(f"HungarianLoss got {len(targets)} targets for {n} predicted frames")
+        keep = [i for i, t in enumerate(targets) if t is not None]
+        device = outputs["pred_logits"].device
+        if not keep:
+            zero = outputs["pred_logits"].sum() * 0.0 + outputs["pred_masks"].sum() * 0.0
+            return {"loss": zero, "loss_ce": zero, "loss_mask": zero, "loss_dice": zero}
+        kept_targets = [targets[i] for i in keep]
+        num_masks = _num_masks_across_workers(sum(len(t["labels"]) for t in kept_targets), device)
+
+        def select(out: dict) -> dict:
+            if len(keep) == n:
+                return out
+            idx = torch.as_tensor(keep, device=device)
+            return {k: out[k].index_select(0, idx) for k in ("pred_logits", "pred_masks")}
+
+        losses: dict[str, torch.Tensor] = {}
+        total = 0.0
+        layers = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+        for suffix, out in layers:
+            parts = self._single(select(out), kept_targets, num_masks)
+            total = (
+                total
+                + self.weight_class * parts["loss_ce"]
+                + self.weight_mask * parts["loss_mask"]
+                + self.weight_dice * parts["loss_dice"]
+            )
+            losses.update({k + suffix: v for k, v in parts.items()})
+        losses["loss"] = total
+        return losses
+
+
+def adaptive_consistency_loss(mask_logits: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+    """COMBO's adaptive inter-frame consistency loss for one decoder layer.
+
+    For consecutive frames t, t+1 of each clip: ``d = 1 - cos(m_t, m_{t+1})`` on the flattened
+    mask logits, ``w = exp(-d)``; loss = ``sum over clips and pairs of d * w / (B * (T - 1))``.
+    ``w`` is not detached, as in COMBO's code.
+
+    What is flattened: ALL queries of a frame together (``Q * h * w`` values per frame), as
+    COMBO's released criterion does. Every frame uses the same learned queries, so query q of
+    frame t and of frame t+1 are the same slot and the concatenation lines them up; one cosine
+    over the whole frame weighs each query by its mask energy, so the many near-empty
+    "no object" queries do not count as much as the ones that hold the sounding object, which
+    a per-query mean of cosines would let them do.
+
+    Args:
+        mask_logits: ``B x T x ...`` (e.g. ``B x T x Q x h x w``), or ``(B*T) x ...`` with
+            ``num_frames=T`` given.
+    Returns a scalar tensor; 0 when T = 1 (no pairs).
+    """
+    if num_frames is not None:
+        if mask_logits.shape[0] % num_frames:
+            raise ValueError(f"first dim {mask_logits.shape[0]} is not a multiple of num_frames={num_frames}")
+        mask_logits = mask_logits.reshape(mask_logits.shape[0] // num_frames, num_frames, *mask_logits.shape[1:])
+    if mask_logits.dim() < 3:
+        raise ValueError(f"mask_logits must be B x T x ..., got shape {tuple(mask_logits.shape)}")
+    b, t = mask_logits.shape[:2]
+    if t < 2:
+        return mask_logits.sum() * 0.0
+    flat = mask_logits.reshape(b, t, -1).float()
+    d = 1.0 - F.cosine_similarity(flat[:, :-1], flat[:, 1:], dim=-1, eps=1e-8)  # B x (T-1)
+    return (d * torch.exp(-d)).sum() / (b * (t - 1))
+
+
+class ComboLoss(nn.Module):
+    """COMBO's training loss: ``HungarianLoss`` + ``lambda_ada`` x the adaptive consistency loss
+    of every prediction (initial and each decoder layer), summed over them.
+
+    ``forward(outputs, targets)``: the COMBO output dict (must carry ``num_frames``) and N = B*T
+    per-frame targets (``None`` where a frame has no ground truth; the consistency loss still
+    uses every frame). Returns the ``HungarianLoss`` dict plus ``loss_ada`` (unweighted sum over
+    layers) and ``loss_ada_{i}``, with ``loss`` the weighted total. ``lambda_ada = 0`` skips it.
+    """
+
+    def __init__(self, num_classes: int, lambda_ada: float = 10.0, **hungarian_kwargs) -> None:
+        super().__init__()
+        self.hungarian = HungarianLoss(num_classes, **hungarian_kwargs)
+        self.lambda_ada = lambda_ada
+
+    def forward(self, outputs: dict, targets: Sequence[dict | None]) -> dict[str, torch.Tensor]:
+        losses = self.hungarian(outputs, targets)
+        if self.lambda_ada:
+            if "num_frames" not in outputs:
+                raise KeyError("ComboLoss needs outputs['num_frames'] (T) for the consistency loss")
+            num_frames = int(outputs["num_frames"])
+            layers = [*outputs.get("aux_outputs", []), outputs]
+            ada = [adaptive_consistency_loss(o["pred_masks"], num_frames) for o in layers]
+            for i, value in enumerate(ada):
+                losses[f"loss_ada_{i}"] = value
+            losses["loss_ada"] = torch.stack(ada).sum()
+            losses["loss"] = losses["loss"] + self.lambda_ada * losses["loss_ada"]
+        return losses
