@@ -58,3 +58,25 @@ def local_storage(tmp_path):
     from infra.storage import Storage
 
     return Storage(), str(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (2 CPUs, as on CI)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, namespace="avs-tests", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def s3_run(s3_storage):
+    """(storage, bucket, overrides): config overrides that point a run at the test S3 server."""
+    storage, bucket = s3_storage
+    c = storage.cfg
+    overrides = [f"storage.endpoint_url={c.endpoint_url}", f"storage.key={c.key}", f"storage.secret={c.secret}",
+                 "storage.region=us-east-1", "storage.retry_backoff_s=0.05"]
+    return storage, bucket, overrides

@@ -21,13 +21,13 @@ class SynthConfig:
 
     # -- sizes ---------------------------------------------------------------------------
     num_categories: int = 8  # K object categories, 1..23
-    frame_height: int = 224  # pixels; even, because H.264 in yuv420p needs even sizes
-    frame_width: int = 224
+    frame_height: int = 128  # pixels; even, because H.264 in yuv420p needs even sizes
+    frame_width: int = 128
     num_seconds: int = 5  # T of S4 / MS3 clips (AVSBench: 5)
     avss_num_seconds: int = 5  # T of AVSS clips: < 10 gives labels v1s / v1m, >= 10 gives v2
-    num_train_clips: int = 1000  # clips per split, for each setting
-    num_val_clips: int = 200
-    num_test_clips: int = 200
+    num_train_clips: int = 32  # clips per split, for each setting
+    num_val_clips: int = 8
+    num_test_clips: int = 8
 
     # -- appearance ----------------------------------------------------------------------
     colour_follows_category: bool = False  # easy: each category has its own colour

@@ -1,0 +1,43 @@
+"""Flow: a source (AVSBench folder, videos, or SynthAVS) -> versioned WebDataset shards + pairs + manifest.
+
+    python -m flows.preprocess data=videos data.uri=s3://bucket/videos preprocess.output=s3://bucket/datasets
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from infra.config import compose
+from infra.storage import Storage
+from tasks.preprocess import run_preprocess
+from tasks.synth_source import ensure_synthavs
+
+synthesize = task(ensure_synthavs, name="synthavs", cache_policy=NO_CACHE)
+build_dataset = task(run_preprocess, name="build-shards", cache_policy=NO_CACHE)
+
+
+@flow(name="preprocess")
+def preprocess(overrides: list[str] | None = None) -> dict:
+    """Compose the config from overrides, make sure the source exists, build (or find) the data set."""
+    log = get_run_logger()
+    cfg = compose(overrides or [])
+    storage = Storage(cfg.storage)
+    root = cfg.data.uri
+    if cfg.data.source == "synth":
+        root, _, generated = synthesize(cfg, storage)
+        log.info("SynthAVS %s at %s", "generated" if generated else "reused", root)
+    result = build_dataset(cfg, storage, source_root=root)
+    summary = result.summary()
+    log.info("preprocess: %s", json.dumps(summary))
+    for r in result.manifest.rejects[:20]:
+        log.warning("rejected %s at %s: %s", r["clip_id"], r["stage"], r["reason"])
+    if len(result.manifest.rejects) > 20:
+        log.warning("... and %d more rejects: see %s/manifest.json", len(result.manifest.rejects) - 20, result.dataset_url)
+    return summary
+
+
+if __name__ == "__main__":
+    print(json.dumps(preprocess(overrides=sys.argv[1:]), indent=2))

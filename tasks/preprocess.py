@@ -1,0 +1,426 @@
+"""Preprocess: a source of clips -> a versioned WebDataset shard data set, with Ray Data.
+
+    list -> decode -> Maskige -> embed -> write shards -> mine pairs -> manifest
+
+Decoding runs as Ray tasks, Maskige and embedding in Ray actor pools (one model per
+actor, GPU actors when the cluster has GPUs), shards are written one Ray task per
+shard. A data set version is a hash of the source listing and of every setting that
+changes the bytes written, so:
+
+- the same inputs and config find the finished manifest and write nothing;
+- after a crash, shards already complete (their sidecar ``.json`` is written after the
+  tar) are kept and only the missing ones are built;
+- a changed config is a new version beside the old one, never over it.
+
+The manifest is written last: a reader never sees a half-written data set.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import pickle
+import tarfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from infra.config import Config, config_hash, to_dict
+from infra.storage import Storage, join
+from tasks.clip import Clip, Reject
+from tasks.manifest import Manifest, read_manifest, write_manifest
+from tasks.pairs import mine_pairs, write_pairs
+from tasks.shards import SCHEMA_VERSION, ShardInfo, clip_to_sample, sample_key, shard_name, write_shard
+from tasks.sources import ClipRef, decode_or_reject, list_avsbench, list_videos
+
+log = logging.getLogger(__name__)
+
+PAIRS_FILE = "pairs.parquet"
+
+
+# -- listing ---------------------------------------------------------------------------
+def list_source(cfg: Config, storage: Storage, root: str | None = None) -> tuple[list[ClipRef], list[Reject]]:
+    """ClipRefs of the configured source, sorted by clip id, and the rows that could not be listed."""
+    data = cfg.data
+    root = root or data.uri
+    if data.source in ("synth", "avsbench"):
+        refs, rejects = list_avsbench(root, data.setting, storage, splits=list(data.splits))
+    else:
+        refs, rejects = list_videos(root, storage)
+    refs = sorted(refs, key=lambda r: r.clip_id)
+    if data.max_clips is not None:
+        refs = refs[: data.max_clips]
+    return refs, rejects
+
+
+def listing_hash(refs: list[ClipRef]) -> str:
+    h = hashlib.sha256()
+    for r in refs:
+        h.update(json.dumps([r.clip_id, r.kind, r.uri, sorted(r.members.items())], ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def dataset_version(cfg: Config, refs: list[ClipRef]) -> str:
+    """Hash of what decides the bytes of the data set: listing, decoding, enrichment, schema."""
+    p = cfg.preprocess
+    decides = {
+        "schema": SCHEMA_VERSION,
+        "listing": listing_hash(refs),
+        "decode": {k: getattr(cfg.data, k) for k in ("setting", "num_frames", "frame_size")},
+        "maskige": to_dict(p.maskige),
+        "embed": to_dict(p.embed),
+        "shards": to_dict(p.shards),
+        "pairs": to_dict(p.pairs),
+    }
+    return "v-" + hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class ShardPlan:
+    index: int
+    name: str
+    refs: list[ClipRef]
+
+
+def plan_shards(refs: list[ClipRef], samples_per_shard: int) -> list[ShardPlan]:
+    """Group clips into shards, one split per shard, by sorted sample key: the same listing
+    always gives the same shards, and a loader of one split skips the others' shards."""
+    plans: list[ShardPlan] = []
+    for split in sorted({r.split for r in refs}):
+        ordered = sorted((r for r in refs if r.split == split), key=lambda r: sample_key(r.clip_id))
+        for s in range(0, len(ordered), samples_per_shard):
+            plans.append(ShardPlan(len(plans), shard_name(len(plans)), ordered[s : s + samples_per_shard]))
+    return plans
+
+
+def _sidecar_url(ds_url: str, name: str) -> str:
+    return join(ds_url, "shards", name.replace(".tar", ".json"))
+
+
+def read_sidecar(storage: Storage, ds_url: str, name: str) -> dict | None:
+    url = _sidecar_url(ds_url, name)
+    if not storage.exists(url):
+        return None
+    return json.loads(storage.read_text(url))
+
+
+# -- Ray Data stages -------------------------------------------------------------------
+@dataclass
+class ClipWork:
+    """What travels between the Ray Data stages for one clip (pickled into one binary column,
+    so that Arrow never tries to turn clips, dicts or ragged arrays into columns of its own)."""
+
+    shard: int
+    clip_id: str
+    clip: Clip | None = None
+    reject: dict | None = None
+    maskige: np.ndarray | None = None  # uint8 [T, H, W]
+    maskige_info: list[dict] | None = None
+    dino: np.ndarray | None = None  # float16 [T, D]
+    provenance: dict = field(default_factory=dict)
+
+    def fail(self, stage: str, e: BaseException) -> None:
+        self.reject = Reject(self.clip_id, self.clip.source_uri if self.clip else "", stage, _reason(e)).to_dict()
+        self.clip = None
+
+
+def _pack(work: ClipWork) -> dict[str, Any]:
+    return {"shard": work.shard, "clip_id": work.clip_id, "work": pickle.dumps(work, protocol=5)}
+
+
+def _unpack(batch: dict[str, np.ndarray]) -> list[ClipWork]:
+    return [pickle.loads(b) for b in batch["work"]]
+
+
+def _repack(works: list[ClipWork]) -> dict[str, np.ndarray]:
+    rows = [_pack(w) for w in works]
+    return {
+        "shard": np.array([r["shard"] for r in rows], dtype=np.int64),
+        "clip_id": np.array([r["clip_id"] for r in rows], dtype=object),
+        "work": np.array([r["work"] for r in rows], dtype=object),
+    }
+
+
+def _decode_row(row: dict[str, Any], storage: Storage, num_frames: int, frame_size: int) -> dict[str, Any]:
+    ref = ClipRef(**json.loads(row["ref"]))
+    out = decode_or_reject(ref, storage, num_frames, frame_size)
+    if isinstance(out, Reject):
+        return _pack(ClipWork(row["shard"], ref.clip_id, reject=out.to_dict()))
+    return _pack(ClipWork(row["shard"], ref.clip_id, clip=out))
+
+
+class MaskigeStage:
+    """Ray actor: one mask generator per actor; adds a Maskige per frame to every clip of a batch."""
+
+    def __init__(self, cfg, storage: Storage):
+        from tasks.maskige import MaskigeMaker
+
+        self.maker = MaskigeMaker(cfg, storage)
+        self.provenance = self.maker.provenance()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        works = _unpack(batch)
+        self.enrich(works)
+        return _repack(works)
+
+    def enrich(self, works: list[ClipWork]) -> None:
+        live = [w for w in works if w.clip is not None]
+        if not live:
+            return
+        try:  # one call for the whole batch lets SAM batch its image encoder across clips
+            maskiges, infos = self.maker(np.concatenate([w.clip.frames for w in live]))
+            at = 0
+            for w in live:
+                t = w.clip.num_frames
+                w.maskige, w.maskige_info = np.asarray(maskiges[at : at + t]), list(infos[at : at + t])
+                at += t
+        except Exception:  # noqa: BLE001 - find which clip fails, keep the others
+            for w in live:
+                try:
+                    maskiges, infos = self.maker(w.clip.frames)
+                    w.maskige, w.maskige_info = np.asarray(maskiges), list(infos)
+                except Exception as e:  # noqa: BLE001
+                    w.fail("maskige", e)
+        for w in live:
+            w.provenance["maskige"] = self.provenance
+
+
+class EmbedStage:
+    """Ray actor: one embedding model per actor; adds a DINO (or classical) embedding per frame."""
+
+    def __init__(self, cfg, storage: Storage):
+        from tasks.embed import FrameEmbedder
+
+        self.embedder = FrameEmbedder(cfg, storage)
+        self.provenance = self.embedder.provenance()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        works = _unpack(batch)
+        self.enrich(works)
+        return _repack(works)
+
+    def enrich(self, works: list[ClipWork]) -> None:
+        for w in works:
+            if w.clip is None:
+                continue
+            try:
+                w.dino = self.embedder(w.clip.frames).astype(np.float16)
+                w.provenance["embed"] = self.provenance
+            except Exception as e:  # noqa: BLE001
+                w.fail("embed", e)
+
+
+def write_group(works: list[ClipWork], storage: Storage, ds_url: str, shards_cfg, config_digest: str) -> dict:
+    """Write one shard (the clips of one plan entry) and then its sidecar, which marks it done."""
+    index = works[0].shard
+    name = shard_name(index)
+    rejects = sorted((w.reject for w in works if w.reject is not None), key=lambda r: r["clip_id"])
+    provenance = None
+    samples = []
+    for w in sorted((w for w in works if w.clip is not None), key=lambda w: sample_key(w.clip_id)):
+        provenance = {**w.provenance, "config_hash": config_digest}
+        capped = int(sum(info.get("capped", 0) for info in (w.maskige_info or [])))
+        w.clip.meta = {**w.clip.meta, "maskige_capped_masks": capped}
+        samples.append(clip_to_sample(w.clip, maskiges=w.maskige, dino=w.dino, provenance=provenance,
+                                      frame_format=shards_cfg.frame_format, jpeg_quality=shards_cfg.jpeg_quality))
+    info = write_shard(samples, join(ds_url, "shards", name), storage) if samples else None
+    sidecar = {"index": index, "shard": info.manifest_entry() if info else None, "rejects": rejects,
+               "provenance": provenance, "clips": len(works)}
+    storage.write_text(_sidecar_url(ds_url, name), json.dumps(sidecar, sort_keys=True))
+    return sidecar
+
+
+def _write_group(batch: dict[str, np.ndarray], storage: Storage, ds_url: str, shards_cfg, config_digest: str) -> dict:
+    sidecar = write_group(_unpack(batch), storage, ds_url, shards_cfg, config_digest)
+    return {"index": np.array([sidecar["index"]]), "sidecar": np.array([json.dumps(sidecar)], dtype=object)}
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:500]
+
+
+def build_shards(plans: list[ShardPlan], cfg: Config, storage: Storage, ds_url: str, progress: bool = True) -> list[dict]:
+    """Run the Ray Data pipeline over the planned shards; returns their sidecars."""
+    import ray
+
+    from infra.ray_runtime import cluster_has_gpus
+
+    p = cfg.preprocess
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    gpus = p.gpus_per_actor if p.gpus_per_actor is not None else (1.0 if cluster_has_gpus() else 0.0)
+    items = [{"shard": plan.index, "ref": json.dumps(asdict(ref))} for plan in plans for ref in plan.refs]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
+    ds = ds.map(
+        _decode_row,
+        fn_kwargs={"storage": storage, "num_frames": cfg.data.num_frames, "frame_size": cfg.data.frame_size},
+        num_cpus=0.5,
+        concurrency=p.decode_concurrency,
+    )
+    batch = max(1, p.maskige.sam.image_batch)
+    ds = ds.map_batches(
+        MaskigeStage,
+        fn_constructor_kwargs={"cfg": p.maskige, "storage": storage},
+        batch_size=batch,
+        batch_format="numpy",
+        concurrency=p.maskige_actors,
+        num_cpus=1,
+        num_gpus=gpus,
+    )
+    ds = ds.map_batches(
+        EmbedStage,
+        fn_constructor_kwargs={"cfg": p.embed, "storage": storage},
+        batch_size=max(1, p.embed.batch_size // max(1, cfg.data.num_frames)),
+        batch_format="numpy",
+        concurrency=p.embed_actors,
+        num_cpus=0.5,
+        num_gpus=gpus if p.embed.source != "classical" else 0,
+    )
+    partitions = max(1, min(len(plans), 2 * int(ray.cluster_resources().get("CPU", 1))))
+    ds = ds.groupby("shard", num_partitions=partitions).map_groups(
+        _write_group,
+        fn_kwargs={"storage": storage, "ds_url": ds_url, "shards_cfg": p.shards, "config_digest": config_hash(p)},
+        batch_format="numpy",
+        num_cpus=0.5,
+    )
+    return [json.loads(row["sidecar"]) for row in ds.take_all()]
+
+
+# -- pairs -----------------------------------------------------------------------------
+def _shard_embeddings(url: str, storage: Storage) -> list[tuple[str, str, np.ndarray]]:
+    """(key, clip id, dino [T, D]) of every sample of one shard."""
+    out: dict[str, dict[str, Any]] = {}
+    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(url))) as tar:
+        for m in tar.getmembers():
+            key, member = m.name.split(".", 1)
+            if member in ("dino.npy", "meta.json"):
+                out.setdefault(key, {})[member] = tar.extractfile(m).read()
+    return [
+        (key, json.loads(v["meta.json"])["clip_id"], np.load(io.BytesIO(v["dino.npy"])))
+        for key, v in sorted(out.items())
+        if "dino.npy" in v
+    ]
+
+
+def mine_dataset_pairs(shard_urls: list[str], cfg: Config, storage: Storage, ds_url: str) -> dict | None:
+    """k-NN pairs over every frame embedding of the data set, written as pairs.parquet beside the shards."""
+    import ray
+
+    read = ray.remote(num_cpus=0.5)(_shard_embeddings)
+    keys, clip_ids, rows = [], [], []
+    for shard in ray.get([read.remote(u, storage) for u in shard_urls]):
+        for key, clip_id, emb in shard:
+            for t in range(emb.shape[0]):
+                keys.append(f"{key}/{t:03d}")
+                clip_ids.append(clip_id)
+            rows.append(emb.astype(np.float32))
+    if not rows:
+        return None
+    df = mine_pairs(keys, clip_ids, np.concatenate(rows), cfg.preprocess.pairs)
+    url = join(ds_url, PAIRS_FILE)
+    write_pairs(df, url, storage)
+    return {"name": PAIRS_FILE, "sha256": hashlib.sha256(storage.read_bytes(url)).hexdigest(), "frames": len(keys)}
+
+
+# -- the whole step --------------------------------------------------------------------
+@dataclass
+class PreprocessResult:
+    dataset_url: str
+    version: str
+    up_to_date: bool  # True: the finished data set was found, nothing was written
+    manifest: Manifest
+    shards_built: int = 0
+    shards_reused: int = 0
+    seconds: float = 0.0
+    stage_counts: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "dataset_url": self.dataset_url,
+            "version": self.version,
+            "up_to_date": self.up_to_date,
+            "samples": m.num_samples,
+            "shards": len(m.shards),
+            "shards_built": self.shards_built,
+            "shards_reused": self.shards_reused,
+            "rejects": len(m.rejects),
+            "rejects_by_stage": dict(Counter(r["stage"] for r in m.rejects)),
+            "seconds": round(self.seconds, 2),
+            "clips_per_s": round(self.stage_counts.get("clips", 0) / self.seconds, 3) if self.seconds else None,
+        }
+
+
+def check_checkpoints(cfg: Config, storage: Storage) -> None:
+    """Fail before any work when a configured checkpoint is not there."""
+    p = cfg.preprocess
+    wanted = [
+        ("preprocess.maskige.sam.checkpoint", p.maskige.sam.checkpoint if p.maskige.source == "sam" else None),
+        ("preprocess.embed.checkpoint", p.embed.checkpoint if p.embed.source == "dino" else None),
+    ]
+    for key, uri in wanted:
+        if uri and not storage.exists(uri):
+            raise FileNotFoundError(f"{key}: checkpoint {uri} does not exist (or cannot be seen with these credentials)")
+
+
+def run_preprocess(cfg: Config, storage: Storage, source_root: str | None = None, progress: bool = True) -> PreprocessResult:
+    """Turn the configured source into a shard data set (see module docstring)."""
+    from infra.ray_runtime import init_ray
+
+    start = time.perf_counter()
+    check_checkpoints(cfg, storage)
+    refs, list_rejects = list_source(cfg, storage, source_root)
+    version = dataset_version(cfg, refs)
+    ds_url = join(cfg.preprocess.output, cfg.preprocess.name, version)
+    done = read_manifest(ds_url, storage)
+    if done is not None:
+        log.info("data set %s is complete (manifest found): nothing to do", ds_url)
+        return PreprocessResult(ds_url, version, True, done, seconds=time.perf_counter() - start)
+
+    plans = plan_shards(refs, cfg.preprocess.shards.samples_per_shard)
+    sidecars = {p.index: read_sidecar(storage, ds_url, p.name) for p in plans}
+    todo = [p for p in plans if sidecars[p.index] is None]
+    log.info(
+        "%s: %d clips listed (%d rejected at listing) -> %d shards, %d already complete, %d to build",
+        ds_url, len(refs), len(list_rejects), len(plans), len(plans) - len(todo), len(todo),
+    )
+    if todo:
+        init_ray(cfg.cluster)
+        for sidecar in build_shards(todo, cfg, storage, ds_url, progress=progress):
+            sidecars[sidecar["index"]] = sidecar
+    missing = [p.name for p in plans if sidecars.get(p.index) is None]
+    if missing:
+        raise RuntimeError(f"{len(missing)} shard(s) were not written: {missing[:5]}; run again to finish them")
+
+    ordered = [sidecars[p.index] for p in plans]
+    shards = [s["shard"] for s in ordered if s["shard"] is not None]
+    rejects = sorted([r.to_dict() for r in list_rejects] + [r for s in ordered for r in s["rejects"]],
+                     key=lambda r: (r["clip_id"], r["stage"]))
+    provenance = next((s["provenance"] for s in ordered if s["provenance"]), {}) or {}
+    pairs = None
+    if shards:
+        init_ray(cfg.cluster)
+        pairs = mine_dataset_pairs([join(ds_url, "shards", s["name"]) for s in shards], cfg, storage, ds_url)
+    manifest = Manifest(
+        dataset_version=version,
+        config_hash=config_hash(cfg.preprocess),
+        source={"uri": source_root or cfg.data.uri, "kind": cfg.data.source, "listing_hash": listing_hash(refs),
+                "clips_listed": len(refs)},
+        shards=shards,
+        num_samples=sum(s["count"] for s in shards),
+        rejects=rejects,
+        provenance={**provenance, "data": to_dict(cfg.data), "preprocess": to_dict(cfg.preprocess)},
+        pairs=pairs,
+        stats={"rejects_by_stage": dict(sorted(Counter(r["stage"] for r in rejects).items()))},
+    )
+    write_manifest(manifest, ds_url, storage)  # last: the data set now exists
+    seconds = time.perf_counter() - start
+    built = sum(1 for p in todo)
+    log.info("wrote %s: %d samples in %d shards, %d rejects, %.1fs", ds_url, manifest.num_samples, len(shards),
+             len(rejects), seconds)
+    return PreprocessResult(ds_url, version, False, manifest, shards_built=built, shards_reused=len(plans) - built,
+                            seconds=seconds, stage_counts={"clips": sum(len(p.refs) for p in todo)})
