@@ -64,18 +64,22 @@ def listing_hash(refs: list[ClipRef]) -> str:
     return h.hexdigest()[:16]
 
 
-def dataset_version(cfg: Config, refs: list[ClipRef]) -> str:
-    """Hash of what decides the bytes of the data set: listing, decoding, enrichment, schema."""
+def content_config(cfg: Config) -> dict[str, Any]:
+    """The settings that decide the bytes of a data set (not where it goes, nor how parallel)."""
     p = cfg.preprocess
-    decides = {
+    return {
         "schema": SCHEMA_VERSION,
-        "listing": listing_hash(refs),
         "decode": {k: getattr(cfg.data, k) for k in ("setting", "num_frames", "frame_size")},
         "maskige": to_dict(p.maskige),
         "embed": to_dict(p.embed),
         "shards": to_dict(p.shards),
         "pairs": to_dict(p.pairs),
     }
+
+
+def dataset_version(cfg: Config, refs: list[ClipRef]) -> str:
+    """Hash of the source listing and of the content config: same inputs, same version."""
+    decides = {"listing": listing_hash(refs), **content_config(cfg)}
     return "v-" + hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -109,10 +113,12 @@ def read_sidecar(storage: Storage, ds_url: str, name: str) -> dict | None:
 
 
 # -- Ray Data stages -------------------------------------------------------------------
+# One row is one shard: its clips travel together from decoding to the tar, so no
+# shuffle is needed, SAM sees a whole shard's frames at once (its image encoder batches
+# across them), and a finished row is a finished shard.
 @dataclass
 class ClipWork:
-    """What travels between the Ray Data stages for one clip (pickled into one binary column,
-    so that Arrow never tries to turn clips, dicts or ragged arrays into columns of its own)."""
+    """One clip on its way through the stages."""
 
     shard: int
     clip_id: str
@@ -128,50 +134,48 @@ class ClipWork:
         self.clip = None
 
 
-def _pack(work: ClipWork) -> dict[str, Any]:
-    return {"shard": work.shard, "clip_id": work.clip_id, "work": pickle.dumps(work, protocol=5)}
+def _row(shard: int, works: list[ClipWork]) -> dict[str, Any]:
+    # Pickled into one binary column, so that Arrow never tries to turn clips, dicts or
+    # ragged arrays into columns of its own.
+    return {"shard": shard, "works": pickle.dumps(works, protocol=5)}
 
 
-def _unpack(batch: dict[str, np.ndarray]) -> list[ClipWork]:
-    return [pickle.loads(b) for b in batch["work"]]
+def decode_shard(row: dict[str, Any], storage: Storage, num_frames: int, frame_size: int) -> dict[str, Any]:
+    """Ray task: decode every clip of one shard; a clip that fails becomes a Reject."""
+    works = []
+    for ref_json in json.loads(row["refs"]):
+        ref = ClipRef(**ref_json)
+        out = decode_or_reject(ref, storage, num_frames, frame_size)
+        if isinstance(out, Reject):
+            works.append(ClipWork(row["shard"], ref.clip_id, reject=out.to_dict()))
+        else:
+            works.append(ClipWork(row["shard"], ref.clip_id, clip=out))
+    return _row(row["shard"], works)
 
 
-def _repack(works: list[ClipWork]) -> dict[str, np.ndarray]:
-    rows = [_pack(w) for w in works]
-    return {
-        "shard": np.array([r["shard"] for r in rows], dtype=np.int64),
-        "clip_id": np.array([r["clip_id"] for r in rows], dtype=object),
-        "work": np.array([r["work"] for r in rows], dtype=object),
-    }
+class EnrichStage:
+    """Ray actor: one mask generator and one embedding model per actor (GPU actors when the
+    cluster has GPUs). Adds a Maskige and an embedding per frame to every clip of a shard."""
 
-
-def _decode_row(row: dict[str, Any], storage: Storage, num_frames: int, frame_size: int) -> dict[str, Any]:
-    ref = ClipRef(**json.loads(row["ref"]))
-    out = decode_or_reject(ref, storage, num_frames, frame_size)
-    if isinstance(out, Reject):
-        return _pack(ClipWork(row["shard"], ref.clip_id, reject=out.to_dict()))
-    return _pack(ClipWork(row["shard"], ref.clip_id, clip=out))
-
-
-class MaskigeStage:
-    """Ray actor: one mask generator per actor; adds a Maskige per frame to every clip of a batch."""
-
-    def __init__(self, cfg, storage: Storage):
+    def __init__(self, maskige_cfg, embed_cfg, storage: Storage):
+        from tasks.embed import FrameEmbedder
         from tasks.maskige import MaskigeMaker
 
-        self.maker = MaskigeMaker(cfg, storage)
-        self.provenance = self.maker.provenance()
+        self.maker = MaskigeMaker(maskige_cfg, storage)
+        self.embedder = FrameEmbedder(embed_cfg, storage)
+        self.provenance = {"maskige": self.maker.provenance(), "embed": self.embedder.provenance()}
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        works = _unpack(batch)
-        self.enrich(works)
-        return _repack(works)
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        works = pickle.loads(row["works"])
+        self.add_maskiges(works)
+        self.add_embeddings(works)
+        return _row(row["shard"], works)
 
-    def enrich(self, works: list[ClipWork]) -> None:
+    def add_maskiges(self, works: list[ClipWork]) -> None:
         live = [w for w in works if w.clip is not None]
         if not live:
             return
-        try:  # one call for the whole batch lets SAM batch its image encoder across clips
+        try:  # one call for the whole shard lets SAM batch its image encoder across clips
             maskiges, infos = self.maker(np.concatenate([w.clip.frames for w in live]))
             at = 0
             for w in live:
@@ -186,30 +190,15 @@ class MaskigeStage:
                 except Exception as e:  # noqa: BLE001
                     w.fail("maskige", e)
         for w in live:
-            w.provenance["maskige"] = self.provenance
+            w.provenance["maskige"] = self.provenance["maskige"]
 
-
-class EmbedStage:
-    """Ray actor: one embedding model per actor; adds a DINO (or classical) embedding per frame."""
-
-    def __init__(self, cfg, storage: Storage):
-        from tasks.embed import FrameEmbedder
-
-        self.embedder = FrameEmbedder(cfg, storage)
-        self.provenance = self.embedder.provenance()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        works = _unpack(batch)
-        self.enrich(works)
-        return _repack(works)
-
-    def enrich(self, works: list[ClipWork]) -> None:
+    def add_embeddings(self, works: list[ClipWork]) -> None:
         for w in works:
             if w.clip is None:
                 continue
             try:
                 w.dino = self.embedder(w.clip.frames).astype(np.float16)
-                w.provenance["embed"] = self.provenance
+                w.provenance["embed"] = self.provenance["embed"]
             except Exception as e:  # noqa: BLE001
                 w.fail("embed", e)
 
@@ -234,65 +223,60 @@ def write_group(works: list[ClipWork], storage: Storage, ds_url: str, shards_cfg
     return sidecar
 
 
-def _write_group(batch: dict[str, np.ndarray], storage: Storage, ds_url: str, shards_cfg, config_digest: str) -> dict:
-    sidecar = write_group(_unpack(batch), storage, ds_url, shards_cfg, config_digest)
-    return {"index": np.array([sidecar["index"]]), "sidecar": np.array([json.dumps(sidecar)], dtype=object)}
+def write_shard_row(row: dict[str, Any], storage: Storage, ds_url: str, shards_cfg, config_digest: str) -> dict:
+    """Ray task: write one shard; hand back its sidecar and embeddings (for pair mining)."""
+    works: list[ClipWork] = pickle.loads(row["works"])
+    sidecar = write_group(works, storage, ds_url, shards_cfg, config_digest)
+    embeddings = sorted((sample_key(w.clip_id), w.clip_id, w.dino) for w in works if w.clip is not None)
+    return {"shard": row["shard"], "sidecar": json.dumps(sidecar), "embeddings": pickle.dumps(embeddings, protocol=5)}
 
 
 def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:500]
 
 
-def build_shards(plans: list[ShardPlan], cfg: Config, storage: Storage, ds_url: str, progress: bool = True) -> list[dict]:
-    """Run the Ray Data pipeline over the planned shards; returns their sidecars."""
+def build_shards(plans: list[ShardPlan], cfg: Config, storage: Storage, ds_url: str,
+                 progress: bool = True) -> tuple[list[dict], dict[int, list]]:
+    """Run the Ray Data pipeline over the planned shards; returns their sidecars and embeddings."""
     import ray
 
     from infra.ray_runtime import cluster_has_gpus
 
     p = cfg.preprocess
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
+    ray.data.DataContext.get_current().enable_progress_bars = progress
     gpus = p.gpus_per_actor if p.gpus_per_actor is not None else (1.0 if cluster_has_gpus() else 0.0)
-    items = [{"shard": plan.index, "ref": json.dumps(asdict(ref))} for plan in plans for ref in plan.refs]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    actors = p.enrich_actors or max(1, int(ray.cluster_resources().get("GPU", 0)) if gpus else cpus)
+    items = [{"shard": plan.index, "refs": json.dumps([asdict(r) for r in plan.refs])} for plan in plans]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(
-        _decode_row,
+        decode_shard,
         fn_kwargs={"storage": storage, "num_frames": cfg.data.num_frames, "frame_size": cfg.data.frame_size},
-        num_cpus=0.5,
-        concurrency=p.decode_concurrency,
+        num_cpus=p.task_cpus,
     )
-    batch = max(1, p.maskige.sam.image_batch)
-    ds = ds.map_batches(
-        MaskigeStage,
-        fn_constructor_kwargs={"cfg": p.maskige, "storage": storage},
-        batch_size=batch,
-        batch_format="numpy",
-        concurrency=p.maskige_actors,
-        num_cpus=1,
+    ds = ds.map(
+        EnrichStage,
+        fn_constructor_kwargs={"maskige_cfg": p.maskige, "embed_cfg": p.embed, "storage": storage},
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=p.actor_cpus,
         num_gpus=gpus,
     )
-    ds = ds.map_batches(
-        EmbedStage,
-        fn_constructor_kwargs={"cfg": p.embed, "storage": storage},
-        batch_size=max(1, p.embed.batch_size // max(1, cfg.data.num_frames)),
-        batch_format="numpy",
-        concurrency=p.embed_actors,
-        num_cpus=0.5,
-        num_gpus=gpus if p.embed.source != "classical" else 0,
+    ds = ds.map(
+        write_shard_row,
+        fn_kwargs={"storage": storage, "ds_url": ds_url, "shards_cfg": p.shards,
+                   "config_digest": config_hash(content_config(cfg))},
+        num_cpus=p.task_cpus,
     )
-    partitions = max(1, min(len(plans), 2 * int(ray.cluster_resources().get("CPU", 1))))
-    ds = ds.groupby("shard", num_partitions=partitions).map_groups(
-        _write_group,
-        fn_kwargs={"storage": storage, "ds_url": ds_url, "shards_cfg": p.shards, "config_digest": config_hash(p)},
-        batch_format="numpy",
-        num_cpus=0.5,
-    )
-    return [json.loads(row["sidecar"]) for row in ds.take_all()]
+    sidecars, embeddings = [], {}
+    for row in ds.iter_rows():
+        sidecars.append(json.loads(row["sidecar"]))
+        embeddings[int(row["shard"])] = pickle.loads(row["embeddings"])
+    return sidecars, embeddings
 
 
 # -- pairs -----------------------------------------------------------------------------
-def _shard_embeddings(url: str, storage: Storage) -> list[tuple[str, str, np.ndarray]]:
-    """(key, clip id, dino [T, D]) of every sample of one shard."""
+def shard_embeddings(url: str, storage: Storage) -> list[tuple[str, str, np.ndarray]]:
+    """(key, clip id, dino [T, D]) of every sample of a written shard, sorted by key."""
     out: dict[str, dict[str, Any]] = {}
     with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(url))) as tar:
         for m in tar.getmembers():
@@ -306,18 +290,15 @@ def _shard_embeddings(url: str, storage: Storage) -> list[tuple[str, str, np.nda
     ]
 
 
-def mine_dataset_pairs(shard_urls: list[str], cfg: Config, storage: Storage, ds_url: str) -> dict | None:
+def mine_dataset_pairs(embeddings: list[tuple[str, str, np.ndarray]], cfg: Config, storage: Storage,
+                       ds_url: str) -> dict | None:
     """k-NN pairs over every frame embedding of the data set, written as pairs.parquet beside the shards."""
-    import ray
-
-    read = ray.remote(num_cpus=0.5)(_shard_embeddings)
     keys, clip_ids, rows = [], [], []
-    for shard in ray.get([read.remote(u, storage) for u in shard_urls]):
-        for key, clip_id, emb in shard:
-            for t in range(emb.shape[0]):
-                keys.append(f"{key}/{t:03d}")
-                clip_ids.append(clip_id)
-            rows.append(emb.astype(np.float32))
+    for key, clip_id, emb in embeddings:
+        for t in range(emb.shape[0]):
+            keys.append(f"{key}/{t:03d}")
+            clip_ids.append(clip_id)
+        rows.append(np.asarray(emb, dtype=np.float32))
     if not rows:
         return None
     df = mine_pairs(keys, clip_ids, np.concatenate(rows), cfg.preprocess.pairs)
@@ -388,9 +369,11 @@ def run_preprocess(cfg: Config, storage: Storage, source_root: str | None = None
         "%s: %d clips listed (%d rejected at listing) -> %d shards, %d already complete, %d to build",
         ds_url, len(refs), len(list_rejects), len(plans), len(plans) - len(todo), len(todo),
     )
+    embeddings: dict[int, list] = {}
     if todo:
         init_ray(cfg.cluster)
-        for sidecar in build_shards(todo, cfg, storage, ds_url, progress=progress):
+        built, embeddings = build_shards(todo, cfg, storage, ds_url, progress=progress)
+        for sidecar in built:
             sidecars[sidecar["index"]] = sidecar
     missing = [p.name for p in plans if sidecars.get(p.index) is None]
     if missing:
@@ -401,19 +384,19 @@ def run_preprocess(cfg: Config, storage: Storage, source_root: str | None = None
     rejects = sorted([r.to_dict() for r in list_rejects] + [r for s in ordered for r in s["rejects"]],
                      key=lambda r: (r["clip_id"], r["stage"]))
     provenance = next((s["provenance"] for s in ordered if s["provenance"]), {}) or {}
-    pairs = None
-    if shards:
-        init_ray(cfg.cluster)
-        pairs = mine_dataset_pairs([join(ds_url, "shards", s["name"]) for s in shards], cfg, storage, ds_url)
+    for s in ordered:  # shards finished by an earlier run: read their embeddings back
+        if s["shard"] is not None and s["index"] not in embeddings:
+            embeddings[s["index"]] = shard_embeddings(join(ds_url, "shards", s["shard"]["name"]), storage)
+    pairs = mine_dataset_pairs([e for i in sorted(embeddings) for e in embeddings[i]], cfg, storage, ds_url)
     manifest = Manifest(
         dataset_version=version,
-        config_hash=config_hash(cfg.preprocess),
+        config_hash=config_hash(content_config(cfg)),
         source={"uri": source_root or cfg.data.uri, "kind": cfg.data.source, "listing_hash": listing_hash(refs),
                 "clips_listed": len(refs)},
         shards=shards,
         num_samples=sum(s["count"] for s in shards),
         rejects=rejects,
-        provenance={**provenance, "data": to_dict(cfg.data), "preprocess": to_dict(cfg.preprocess)},
+        provenance={**provenance, "config": content_config(cfg)},
         pairs=pairs,
         stats={"rejects_by_stage": dict(sorted(Counter(r["stage"] for r in rejects).items()))},
     )

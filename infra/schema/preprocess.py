@@ -17,15 +17,18 @@ class PreprocessConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
-    # Ray Data parallelism
-    decode_concurrency: int | None = None  # None: Ray decides
-    maskige_actors: int = 1  # one model per actor
-    embed_actors: int = 1
+    # Ray Data parallelism. Enrichment (Maskige + embedding) runs in an actor pool, one
+    # mask generator and one embedder per actor; decoding and shard writing are tasks.
+    enrich_actors: int | None = None  # None: one per GPU when there are GPUs, else one per CPU
+    # Logical CPUs per actor and per task: an actor per core at 0.75 leaves room on every
+    # node for the light decode and write tasks (1.0 would starve them and stall the run).
+    actor_cpus: float = 0.75
+    task_cpus: float = 0.25
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
 
     def __post_init__(self) -> None:
-        for key in ("maskige_actors", "embed_actors"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"preprocess.{key} must be >= 1, got {getattr(self, key)}")
-        if self.decode_concurrency is not None and self.decode_concurrency < 1:
-            raise ValueError(f"preprocess.decode_concurrency must be >= 1 or null, got {self.decode_concurrency}")
+        if self.enrich_actors is not None and self.enrich_actors < 1:
+            raise ValueError(f"preprocess.enrich_actors must be >= 1 or null, got {self.enrich_actors}")
+        for key in ("actor_cpus", "task_cpus"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"preprocess.{key} must be > 0, got {getattr(self, key)}")

@@ -12,7 +12,7 @@ from infra.storage import Storage, StorageError, join
 from tasks.manifest import read_manifest, verify
 from tasks.maskige import MaskigeMaker
 from tasks.pairs import read_pairs
-from tasks.preprocess import ClipWork, MaskigeStage, list_source, plan_shards, run_preprocess, write_group
+from tasks.preprocess import ClipWork, EnrichStage, list_source, plan_shards, run_preprocess, write_group
 from tasks.shards import decode_sample, read_shard, sample_key
 from tasks.sources import decode_or_reject
 from tasks.synth_source import ensure_synthavs
@@ -89,9 +89,9 @@ def test_preprocess_synthavs_through_s3(ray_local, s3_run):
 
 def test_a_failing_clip_is_rejected_and_the_others_kept(tmp_path):
     cfg = compose(SMALL)
-    stage = MaskigeStage.__new__(MaskigeStage)  # the stage's logic, without Ray or a real model
+    stage = EnrichStage.__new__(EnrichStage)  # the stage's logic, without Ray or a real model
     good = MaskigeMaker(cfg.preprocess.maskige)
-    stage.provenance = {"mask_source": "classical"}
+    stage.provenance = {"maskige": {"mask_source": "classical"}}
 
     def maker(frames):
         if frames.shape[0] == 10 or frames[0, 0, 0, 0] == 255:  # the whole batch, or the bad clip alone
@@ -109,7 +109,7 @@ def test_a_failing_clip_is_rejected_and_the_others_kept(tmp_path):
         return Clip(f"c{i}", frames, np.zeros(80000, np.float32), np.zeros((5, 96, 64), np.float32), source_uri=f"u{i}")
 
     works = [ClipWork(0, "c0", clip=clip(0)), ClipWork(0, "c1", clip=clip(1, 255))]
-    stage.enrich(works)
+    stage.add_maskiges(works)
     assert works[0].maskige.shape == (5, 32, 32) and works[0].reject is None
     assert works[1].clip is None and works[1].reject["stage"] == "maskige"
     assert "frame 2" in works[1].reject["reason"] and works[1].reject["clip_id"] == "c1"
