@@ -183,7 +183,7 @@ def test_bad_inputs_are_named():
 
 
 @pytest.mark.slow
-def test_ray_data_reads_a_shard(tmp_path):
+def test_ray_data_reads_a_shard(tmp_path, ray_local):
     """ray.data.read_webdataset on a written shard: raw bytes (decoder=None, any mix of members)
     and Ray's default decoder (arrays, dicts) both decode to the same clips."""
     import ray
@@ -198,13 +198,8 @@ def test_ray_data_reads_a_shard(tmp_path):
     same = str(tmp_path / "same" / shard_name(0))  # Ray's default decoder needs one set of members per shard
     write_shard([clip_to_sample(clips[0], maskiges=maskiges), clip_to_sample(make_clip("other", 12))], same, storage)
 
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        raw_rows = ray.data.read_webdataset(mixed, decoder=None).take_all()
-        decoded_rows = ray.data.read_webdataset(same).take_all()
-    finally:
-        ray.shutdown()
+    raw_rows = ray.data.read_webdataset(mixed, decoder=None).take_all()
+    decoded_rows = ray.data.read_webdataset(same).take_all()
     by_id = {cs.clip_id: cs for cs in map(decode_sample, raw_rows)}
     assert_matches(by_id["ray clip.a"], clips[0], maskiges=maskiges, dino=dino)
     assert_matches(by_id["ray clip b"], clips[1])
