@@ -17,7 +17,7 @@ seeded from (seed, epoch, rank, worker), so a run is reproducible.
 A batch is a dict:
 
 ====================  ===========================================================
-``frames``            float32 [B, T, 3, S, S], ImageNet-normalised RGB
+``frames``            float32 [B, T, 3, S, S], RGB in [0, 1] (the models normalise inside)
 ``maskige``           float32 [B, T, 3, S, S], Maskige RGB in [0, 1] (zeros when absent)
 ``masks``             int64 [B, T, S, S], ground truth (zeros on frames without it)
 ``gt_frames``         bool [B, T], which frames carry ground truth
@@ -52,8 +52,6 @@ from tasks.shards import ClipSample, decode_sample, sample_meta
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratios a random resized crop may take (torchvision's default)
 
 
@@ -164,9 +162,6 @@ class ClipTransform:
         self.augment = augment
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.hflip_p = float(hflip_p)
-        # normalise straight from uint8: (x / 255 - mean) / std = (x - 255 mean) / (255 std)
-        self.mean255 = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-        self.std255 = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
 
     @classmethod
     def from_config(cls, cfg: LoaderConfig) -> ClipTransform:
@@ -191,7 +186,8 @@ class ClipTransform:
         t, h, w = clip.frames.shape[:3]
         box, flip = self.geometry(h, w, rng)
         frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2)  # [T, 3, H, W] uint8
-        frames = self._warp(frames, box, flip, InterpolationMode.BILINEAR).float().sub_(self.mean255).div_(self.std255)
+        # [0, 1], not ImageNet-normalised: every model in models/ normalises its own input
+        frames = self._warp(frames, box, flip, InterpolationMode.BILINEAR).float().div_(255.0)
         if clip.maskiges is not None:
             g = self._warp(torch.from_numpy(clip.maskiges)[:, None], box, flip, InterpolationMode.NEAREST_EXACT)
             maskige = _maskige_lut_unit()[g[:, 0].long()].permute(0, 3, 1, 2)  # [T, 3, S, S] in [0, 1]
