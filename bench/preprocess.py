@@ -56,8 +56,8 @@ def baseline(refs, cfg, storage, out_dir: str, embed: bool) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=int, default=24, help="train clips; val and test get a quarter each")
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--clips", type=int, default=64, help="train clips; val and test get a quarter each")
+    ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--preset", default="hard", choices=["easy", "hard"])
     ap.add_argument("--mask-source", default="classical")
     ap.add_argument("--embed-source", default="classical")

@@ -402,8 +402,18 @@ def run_preprocess(cfg: Config, storage: Storage, source_root: str | None = None
     )
     write_manifest(manifest, ds_url, storage)  # last: the data set now exists
     seconds = time.perf_counter() - start
-    built = sum(1 for p in todo)
-    log.info("wrote %s: %d samples in %d shards, %d rejects, %.1fs", ds_url, manifest.num_samples, len(shards),
-             len(rejects), seconds)
+    built = len(todo)
+    by_stage = Counter(r["stage"] for r in rejects)
+    clips_built = sum(len(p.refs) for p in todo)
+    passed = len(refs)
+    stages = []
+    for stage in ("decode", "maskige", "embed"):
+        stages.append(f"{stage}: {passed - by_stage.get(stage, 0)}/{passed} ok")
+        passed -= by_stage.get(stage, 0)
+    log.info("listed %d clips (%d rejected at listing) | %s | written: %d samples in %d shards (%d built, %d reused)",
+             len(refs) + len(list_rejects), len(list_rejects), " | ".join(stages), manifest.num_samples,
+             len(shards), built, len(plans) - built)
+    log.info("%s complete in %.1f s: %.2f clips/s built, %d rejects (reasons in manifest.json)", ds_url, seconds,
+             clips_built / seconds if seconds else 0.0, len(rejects))
     return PreprocessResult(ds_url, version, False, manifest, shards_built=built, shards_reused=len(plans) - built,
-                            seconds=seconds, stage_counts={"clips": sum(len(p.refs) for p in todo)})
+                            seconds=seconds, stage_counts={"clips": clips_built})
