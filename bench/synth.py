@@ -1,6 +1,6 @@
 """SynthAVS generation rate and decode rate on this machine.
 
-    .venv/bin/python bench/synth.py [--clips 16] [--size 224]
+    .venv/bin/python bench/synth.py [--clips 64] [--size 224]
 
 Generation: S4 clips of the hard preset written in both formats (AVSBench layout + mp4),
 once in one process and once as parallel Ray tasks (what the flows do). Decoding: the
@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=int, default=16, help="train clips (val/test get a quarter each)")
+    ap.add_argument("--clips", type=int, default=64, help="train clips (val/test get a quarter each)")
     ap.add_argument("--size", type=int, default=224)
     args = ap.parse_args()
 
