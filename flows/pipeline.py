@@ -1,7 +1,7 @@
 """The main job, end to end on its embedded default: SynthAVS -> decoded clips -> shards -> summary.
 
     python -m flows.pipeline                       # SynthAVS hard preset, tiny sizes, local Ray
-    python -m flows.pipeline data=synth_easy data.synth.clips_train=64
+    python -m flows.pipeline data=synth_easy data.synth.num_train_clips=64
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.preprocess import preprocess
-from infra.config import compose
+from infra.config import compose, redact_overrides
 from infra.storage import Storage, join
 
 
@@ -24,7 +24,7 @@ def pipeline(overrides: list[str] | None = None) -> dict:
     cfg = compose(overrides)  # fail on a bad config before any work starts
     storage = Storage(cfg.storage)
     prep = preprocess(overrides)
-    summary = {"overrides": overrides, "preprocess": prep}
+    summary = {"overrides": redact_overrides(overrides), "preprocess": prep}
     url = join(cfg.output, "runs", time.strftime("%Y%m%d-%H%M%S"), "summary.json")
     storage.write_text(url, json.dumps(summary, indent=2))
     rows = "\n".join(f"| {k} | {v} |" for k, v in prep.items() if not isinstance(v, dict))

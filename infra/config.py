@@ -51,9 +51,22 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message says which key and why."""
 
 
+_SECRET_KEYS = ("storage.key", "storage.secret")
+
+
+def redact_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """Overrides fit for logs and reports: credential values replaced by ***."""
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        out.append(f"{o.split('=', 1)[0]}=***" if key in _SECRET_KEYS and "=" in o else o)
+    return out
+
+
 def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> Config:
     """Compose conf/{config_name}.yaml with overrides and return the validated Config."""
     overrides = list(overrides)
+    shown = redact_overrides(overrides)
     # conf/config.yaml lists "schema" first in its defaults: Hydra then knows every key and
     # type while composing, so a typo in an override fails here, naming the key.
     ConfigStore.instance().store(name="schema", node=Config)
@@ -63,16 +76,25 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
             raw = hydra_compose(config_name=config_name, overrides=overrides)
     except HydraException as e:
         cause = f" ({_first_line(e.__cause__)})" if e.__cause__ else ""
-        raise ConfigError(f"cannot compose config with overrides {overrides}: {e}{cause}") from None
+        raise ConfigError(redact_overrides_in(f"cannot compose config with overrides {shown}: {e}{cause}", overrides)) from None
     finally:
         GlobalHydra.instance().clear()
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
         return OmegaConf.to_object(merged)  # builds the dataclasses, running their __post_init__ checks
     except OmegaConfBaseException as e:
-        raise ConfigError(f"invalid config (overrides {overrides}): {_first_line(e)}") from None
+        raise ConfigError(redact_overrides_in(f"invalid config (overrides {shown}): {_first_line(e)}", overrides)) from None
     except ValueError as e:
-        raise ConfigError(f"invalid config (overrides {overrides}): {e}") from None
+        raise ConfigError(redact_overrides_in(f"invalid config (overrides {shown}): {e}", overrides)) from None
+
+
+def redact_overrides_in(text: str, overrides: list[str]) -> str:
+    """Remove credential values given as overrides from a message (Hydra quotes overrides back)."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") in _SECRET_KEYS and value:
+            text = text.replace(value, "***")
+    return text
 
 
 def _first_line(e: Exception) -> str:

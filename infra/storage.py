@@ -8,6 +8,7 @@ is picklable, so Ray tasks and actors receive it as an argument.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import posixpath
@@ -26,12 +27,42 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Errors worth retrying: the network, throttling, a server hiccup. Missing files and
-# denied access are not transient and surface at once.
-_TRANSIENT_MARKERS = ("timeout", "timed out", "throttl", "slowdown", "503", "500", "connection", "reset by peer")
+# denied access are not transient and surface at once. Matched against the exception's
+# type names and its error code, never against the message (which holds the path).
+_TRANSIENT_TYPES = ("Timeout", "ConnectionError", "ConnectionReset", "EndpointConnectionError", "ServerDisconnected",
+                    "ClientOSError", "IncompleteRead", "ReadTimeout", "ConnectTimeout")
+_TRANSIENT_CODES = ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                    "ServiceUnavailable", "500", "502", "503", "504")
+
+
+def is_transient(e: BaseException) -> bool:
+    """True for network failures, throttling and 5xx answers."""
+    for cls in type(e).__mro__:
+        if any(t in cls.__name__ for t in _TRANSIENT_TYPES):
+            return True
+    code = str(getattr(e, "response", {}).get("Error", {}).get("Code", "")) if hasattr(e, "response") else ""
+    return code in _TRANSIENT_CODES or (e.__cause__ is not None and is_transient(e.__cause__))
 
 
 def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
+
+
+def absolute(url: str) -> str:
+    """A local path made absolute here (on the driver), so that Ray workers with another
+    working directory write to the same place; URIs unchanged."""
+    if is_remote(url):
+        return url
+    return os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
+
+
+def require_shared(url: str, what: str) -> None:
+    """Refuse a local path when Ray spans several nodes: workers elsewhere cannot see it."""
+    import ray
+
+    if not is_remote(url) and ray.is_initialized() and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+        raise StorageError(f"{what} is the local path {url!r}, but the Ray cluster has several nodes: "
+                           "use shared storage (s3://...)")
 
 
 def join(base: str, *parts: str) -> str:
@@ -65,7 +96,13 @@ class Storage:
         return f"Storage(endpoint_url={self.cfg.endpoint_url!r}, region={self.cfg.region!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"cfg": self.cfg}  # filesystems hold sockets and locks: rebuild them where unpickled
+        # Filesystems hold sockets and locks: rebuild them where unpickled. Credentials and
+        # endpoint found in this process's environment travel resolved, because a Ray worker
+        # on another node does not have the driver's environment.
+        c = self.cfg
+        resolved = dataclasses.replace(c, key=c.resolved_key(), secret=c.resolved_secret(),
+                                       endpoint_url=c.resolved_endpoint())
+        return {"cfg": resolved}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.cfg = state["cfg"]
@@ -123,8 +160,7 @@ class Storage:
                 raise StorageError(f"access denied to {url}: {redact(str(e), self.cfg)}") from None
             except Exception as e:  # noqa: BLE001 - classify, then retry or raise
                 msg = redact(f"{type(e).__name__}: {e}", self.cfg)
-                transient = any(m in msg.lower() for m in _TRANSIENT_MARKERS)
-                if not transient or attempt == attempts:
+                if not is_transient(e) or attempt == attempts:
                     raise StorageError(f"{what} {url} failed after {attempt} attempt(s): {msg}") from None
                 delay = self.cfg.retry_backoff_s * 2 ** (attempt - 1)
                 log.warning("%s %s: transient error (%s), retry %d/%d in %.1fs", what, url, msg, attempt, attempts, delay)
@@ -154,9 +190,14 @@ class Storage:
             return
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def write_text(self, url: str, text: str) -> None:
         self.write_bytes(url, text.encode("utf-8"))
@@ -169,8 +210,13 @@ class Storage:
             return
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        shutil.copyfile(local_path, tmp)
-        os.replace(tmp, path)
+        try:
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def exists(self, url: str) -> bool:
         fs, path = self.filesystem(url)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from infra.config import Config, config_hash, to_dict
-from infra.storage import Storage, join
+from infra.storage import Storage, absolute, join, require_shared
 from tasks.clip import Clip, Reject
 from tasks.manifest import Manifest, read_manifest, write_manifest
 from tasks.pairs import mine_pairs, write_pairs
@@ -46,7 +46,7 @@ PAIRS_FILE = "pairs.parquet"
 def list_source(cfg: Config, storage: Storage, root: str | None = None) -> tuple[list[ClipRef], list[Reject]]:
     """ClipRefs of the configured source, sorted by clip id, and the rows that could not be listed."""
     data = cfg.data
-    root = root or data.uri
+    root = absolute(root or data.uri)
     if data.source in ("synth", "avsbench"):
         refs, rejects = list_avsbench(root, data.setting, storage, splits=list(data.splits))
     else:
@@ -244,9 +244,18 @@ def build_shards(plans: list[ShardPlan], cfg: Config, storage: Storage, ds_url: 
 
     p = cfg.preprocess
     ray.data.DataContext.get_current().enable_progress_bars = progress
+    require_shared(ds_url, "preprocess.output")
+    resources = ray.cluster_resources()
     gpus = p.gpus_per_actor if p.gpus_per_actor is not None else (1.0 if cluster_has_gpus() else 0.0)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    actors = p.enrich_actors or max(1, int(ray.cluster_resources().get("GPU", 0)) if gpus else cpus)
+    if gpus > resources.get("GPU", 0):
+        raise ValueError(f"preprocess.gpus_per_actor={gpus} but the Ray cluster has {resources.get('GPU', 0)} GPUs")
+    if p.enrich_actors:
+        actors = p.enrich_actors
+    elif gpus:
+        actors = max(1, int(resources.get("GPU", 0) / gpus))  # e.g. two actors per GPU at 0.5
+    else:
+        actors = max(1, int(resources.get("CPU", 1)))
+    actors = min(actors, len(plans))  # never more models than shards to enrich
     items = [{"shard": plan.index, "refs": json.dumps([asdict(r) for r in plan.refs])} for plan in plans]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(
@@ -290,18 +299,28 @@ def shard_embeddings(url: str, storage: Storage) -> list[tuple[str, str, np.ndar
     ]
 
 
-def mine_dataset_pairs(embeddings: list[tuple[str, str, np.ndarray]], cfg: Config, storage: Storage,
+def mine_dataset_pairs(embeddings: dict[str, list[tuple[str, str, np.ndarray]]], cfg: Config, storage: Storage,
                        ds_url: str) -> dict | None:
-    """k-NN pairs over every frame embedding of the data set, written as pairs.parquet beside the shards."""
-    keys, clip_ids, rows = [], [], []
-    for key, clip_id, emb in embeddings:
-        for t in range(emb.shape[0]):
-            keys.append(f"{key}/{t:03d}")
-            clip_ids.append(clip_id)
-        rows.append(np.asarray(emb, dtype=np.float32))
-    if not rows:
+    """k-NN pairs over the frame embeddings of each split (never across splits: a training
+    frame must not be paired with evaluation clips), written as pairs.parquet beside the shards."""
+    import pandas as pd
+
+    frames = []
+    for split in sorted(embeddings):
+        keys, clip_ids, rows = [], [], []
+        for key, clip_id, emb in embeddings[split]:
+            for t in range(emb.shape[0]):
+                keys.append(f"{key}/{t:03d}")
+                clip_ids.append(clip_id)
+            rows.append(np.asarray(emb, dtype=np.float32))
+        if rows:
+            df = mine_pairs(keys, clip_ids, np.concatenate(rows), cfg.preprocess.pairs)
+            df.insert(1, "split", split)
+            frames.append(df)
+    if not frames:
         return None
-    df = mine_pairs(keys, clip_ids, np.concatenate(rows), cfg.preprocess.pairs)
+    df = pd.concat(frames, ignore_index=True)
+    keys = df["key"].tolist()
     url = join(ds_url, PAIRS_FILE)
     write_pairs(df, url, storage)
     return {"name": PAIRS_FILE, "sha256": hashlib.sha256(storage.read_bytes(url)).hexdigest(), "frames": len(keys)}
@@ -355,8 +374,11 @@ def run_preprocess(cfg: Config, storage: Storage, source_root: str | None = None
     start = time.perf_counter()
     check_checkpoints(cfg, storage)
     refs, list_rejects = list_source(cfg, storage, source_root)
+    if not refs:
+        raise FileNotFoundError(f"no clips listed under {source_root or cfg.data.uri} (splits {cfg.data.splits}; "
+                                f"{len(list_rejects)} rejected at listing: {[r.reason for r in list_rejects[:3]]})")
     version = dataset_version(cfg, refs)
-    ds_url = join(cfg.preprocess.output, cfg.preprocess.name, version)
+    ds_url = join(absolute(cfg.preprocess.output), cfg.preprocess.name, version)
     done = read_manifest(ds_url, storage)
     if done is not None:
         log.info("data set %s is complete (manifest found): nothing to do", ds_url)
@@ -387,7 +409,10 @@ def run_preprocess(cfg: Config, storage: Storage, source_root: str | None = None
     for s in ordered:  # shards finished by an earlier run: read their embeddings back
         if s["shard"] is not None and s["index"] not in embeddings:
             embeddings[s["index"]] = shard_embeddings(join(ds_url, "shards", s["shard"]["name"]), storage)
-    pairs = mine_dataset_pairs([e for i in sorted(embeddings) for e in embeddings[i]], cfg, storage, ds_url)
+    by_split: dict[str, list] = {}
+    for plan in plans:  # a shard holds one split
+        by_split.setdefault(plan.refs[0].split, []).extend(embeddings.get(plan.index, []))
+    pairs = mine_dataset_pairs(by_split, cfg, storage, ds_url)
     manifest = Manifest(
         dataset_version=version,
         config_hash=config_hash(content_config(cfg)),

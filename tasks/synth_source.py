@@ -9,7 +9,7 @@ import time
 from tqdm import tqdm
 
 from infra.config import Config, config_hash, to_dict
-from infra.storage import Storage, join
+from infra.storage import Storage, absolute, join, require_shared
 
 log = logging.getLogger(__name__)
 MARKER = "synthavs.json"
@@ -19,7 +19,7 @@ def synth_root(cfg: Config, settings: tuple[str, ...] | None = None) -> str:
     """Where this configuration's SynthAVS lives: a folder per generator config, never overwritten."""
     settings = settings or (cfg.data.setting,)
     digest = config_hash({"synth": to_dict(cfg.data.synth), "settings": sorted(settings)})
-    return join(cfg.data.uri, f"sv-{digest}-{'-'.join(sorted(settings))}")
+    return join(absolute(cfg.data.uri), f"sv-{digest}-{'-'.join(sorted(settings))}")
 
 
 def ensure_synthavs(cfg: Config, storage: Storage, settings: tuple[str, ...] | None = None,
@@ -48,6 +48,7 @@ def ensure_synthavs(cfg: Config, storage: Storage, settings: tuple[str, ...] | N
         from infra.ray_runtime import init_ray
 
         init_ray(cfg.cluster)
+        require_shared(root, "data.uri")
         write = ray.remote(num_cpus=1)(write_clip)
         pending = [write.remote(synth, root, storage, s, sp, i) for s, sp, i in jobs]
         results_by_ref = {}

@@ -46,3 +46,22 @@ def test_hash_changes_with_config_and_hides_credentials():
     assert config_hash(a.preprocess) == config_hash(compose([]).preprocess)
     c = compose(["storage.key=AKIA123", "storage.secret=shh-secret"])
     assert "shh-secret" not in str(to_dict(c)) and "shh-secret" not in repr(c.storage)
+
+
+def test_credentials_given_as_overrides_never_reach_messages():
+    from infra.config import redact_overrides
+
+    assert redact_overrides(["storage.secret=abc123", "data.uri=x"]) == ["storage.secret=***", "data.uri=x"]
+    with pytest.raises(ConfigError) as err:
+        compose(["storage.secret=abc123-secret", "storage.no_such=1"])
+    assert "abc123-secret" not in str(err.value) and "storage.no_such" in str(err.value)
+
+
+def test_every_group_option_composes():
+    for override in ["preprocess=sam_dino", "data=synth_easy", "data=avsbench_avss", "storage=s3", "cluster=remote",
+                     "train=gpu", "model=tpavi_pvt_b5"]:
+        extra = ["data.uri=/data/avsbench"] if "avsbench" in override else []
+        cfg = compose([override, *extra])
+        assert cfg is not None
+    cfg = compose(["preprocess=sam_dino"])
+    assert cfg.preprocess.maskige.source == "sam" and cfg.preprocess.embed.source == "dino"

@@ -76,3 +76,43 @@ def test_unreachable_endpoint_fails_clearly_after_retries(s3_storage):
     bad = Storage(StorageConfig(endpoint_url="http://127.0.0.1:9", key="k", secret="s", retries=2, retry_backoff_s=0.01))
     with pytest.raises(StorageError, match="127.0.0.1:9|failed after"):
         bad.read_bytes(f"{bucket}/x")
+
+
+def test_transient_errors_are_retried_and_others_are_not(tmp_path, monkeypatch):
+    storage = Storage(StorageConfig(retries=3, retry_backoff_s=0.0))
+    url = str(tmp_path / "clip_1500.bin")  # a 5xx-looking number in a path is no reason to retry
+    storage.write_bytes(url, b"ok")
+    fs, _ = storage.filesystem(url)
+    calls = {"n": 0}
+    real = fs.cat_file
+
+    def flaky(path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise ConnectionResetError("connection reset by peer")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(fs, "cat_file", flaky)
+    assert storage.read_bytes(url) == b"ok" and calls["n"] == 3
+
+    def broken(path, *a, **k):
+        calls["n"] += 1
+        raise ValueError(f"bad range for {path}")
+
+    calls["n"] = 0
+    monkeypatch.setattr(fs, "cat_file", broken)
+    with pytest.raises(StorageError, match="after 1 attempt"):
+        storage.read_bytes(url)
+    assert calls["n"] == 1
+
+
+def test_environment_credentials_travel_with_a_pickled_storage(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-env-secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    clone = pickle.loads(pickle.dumps(Storage()))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert clone.cfg.resolved_key() == "from-env-key" and clone.cfg.resolved_secret() == "from-env-secret"
+    assert clone.cfg.resolved_endpoint() == "http://minio:9000"

@@ -64,8 +64,11 @@ def test_preprocess_synthavs_through_s3(ray_local, s3_run):
     # Pairs: one row per frame, positives from other clips only.
     pairs = read_pairs(join(ds, "pairs.parquet"), storage)
     assert len(pairs) == m.num_samples * cfg.data.num_frames == m.pairs["frames"]
-    for key, positives in zip(pairs["key"], pairs["positives"]):
+    split_of = {sample_key(r.clip_id): r.split for r in refs}
+    for key, positives, negatives in zip(pairs["key"], pairs["positives"], pairs["negatives"]):
         assert positives is not None and all(p.split("/")[0] != key.split("/")[0] for p in positives)
+        anchor_split = split_of[key.split("/")[0]]  # pairs never cross splits
+        assert all(split_of[p.split("/")[0]] == anchor_split for p in list(positives) + list(negatives))
 
     # Ray Data reads the shards straight from the bucket.
     import ray
@@ -143,6 +146,14 @@ def test_unreachable_bucket_is_a_clear_error(s3_run):
                                  retry_backoff_s=0.01))
     with pytest.raises(StorageError, match="127.0.0.1:9|failed after"):  # ... an unreachable store says so
         list_source(cfg, dead)
+
+
+def test_an_empty_source_is_an_error_not_an_empty_dataset(tmp_path):
+    (tmp_path / "videos").mkdir()
+    cfg = compose(SMALL + ["data=videos", f"data.uri={tmp_path}/videos", f"preprocess.output={tmp_path}/ds"])
+    with pytest.raises(FileNotFoundError, match="no clips listed"):
+        run_preprocess(cfg, Storage(), progress=False)
+    assert not (tmp_path / "ds").exists()
 
 
 def test_missing_checkpoint_is_a_clear_error_before_work(tmp_path):
