@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import pickle
-import tarfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ from infra.storage import Storage, absolute, join, require_shared
 from tasks.clip import Clip, Reject
 from tasks.manifest import Manifest, read_manifest, write_manifest
 from tasks.pairs import mine_pairs, write_pairs
-from tasks.shards import SCHEMA_VERSION, ShardInfo, clip_to_sample, sample_key, shard_name, write_shard
+from tasks.shards import SCHEMA_VERSION, clip_to_sample, read_shard, sample_key, shard_name, write_shard
 from tasks.sources import ClipRef, decode_or_reject, list_avsbench, list_videos
 
 log = logging.getLogger(__name__)
@@ -286,17 +285,12 @@ def build_shards(plans: list[ShardPlan], cfg: Config, storage: Storage, ds_url: 
 # -- pairs -----------------------------------------------------------------------------
 def shard_embeddings(url: str, storage: Storage) -> list[tuple[str, str, np.ndarray]]:
     """(key, clip id, dino [T, D]) of every sample of a written shard, sorted by key."""
-    out: dict[str, dict[str, Any]] = {}
-    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(url))) as tar:
-        for m in tar.getmembers():
-            key, member = m.name.split(".", 1)
-            if member in ("dino.npy", "meta.json"):
-                out.setdefault(key, {})[member] = tar.extractfile(m).read()
-    return [
-        (key, json.loads(v["meta.json"])["clip_id"], np.load(io.BytesIO(v["dino.npy"])))
-        for key, v in sorted(out.items())
-        if "dino.npy" in v
-    ]
+    out = []
+    for sample in read_shard(url, storage):
+        if "dino.npy" in sample:
+            meta = json.loads(sample["meta.json"])
+            out.append((sample["__key__"], meta["clip_id"], np.load(io.BytesIO(sample["dino.npy"]))))
+    return sorted(out, key=lambda e: e[0])
 
 
 def mine_dataset_pairs(embeddings: dict[str, list[tuple[str, str, np.ndarray]]], cfg: Config, storage: Storage,
