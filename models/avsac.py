@@ -184,10 +184,6 @@ class AVSACModel(PixelMaskModel):
             nn.Conv2d(d, d, 3, padding=1, bias=False), group_norm(d), nn.ReLU(inplace=True), nn.Conv2d(d, self.out_channels, 1)
         )
 
-    @property
-    def use_audio(self) -> bool:
-        return self.audio_encoder is not None
-
     def forward(
         self, frames: torch.Tensor, logmel: torch.Tensor | None = None, maskige: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:

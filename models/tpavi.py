@@ -223,6 +223,11 @@ class PixelMaskModel(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def use_audio(self) -> bool:
+        """Subclasses set self.audio_encoder = None when built without audio."""
+        return self.audio_encoder is not None
+
     def check_inputs(self, frames: torch.Tensor, logmel: torch.Tensor | None, need_audio: bool) -> tuple[int, int]:
         """Validate ``frames: B x T x 3 x H x W`` and ``logmel: B x T x 96 x 64``; return (B, T)."""
         if frames.dim() != 5 or frames.shape[2] != 3:
@@ -392,10 +397,6 @@ class TPAVIModel(PixelMaskModel):
             nn.ReLU(inplace=True),
             nn.Conv2d(32, self.out_channels, 1),
         )
-
-    @property
-    def use_audio(self) -> bool:
-        return self.audio_encoder is not None
 
     def forward(
         self, frames: torch.Tensor, logmel: torch.Tensor | None = None, maskige: torch.Tensor | None = None
