@@ -30,9 +30,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def baseline(refs, cfg, storage, out_dir: str, embed: bool) -> float:
     """Sequential: decode, masks frame by frame, Maskige, one PNG file per frame (and, with
     embed, one embedding file per clip: the same work as the flow). Returns seconds."""
-    from tasks.embed import FrameEmbedder
-    from tasks.maskige import MaskigeMaker, maskige_png
-    from tasks.sources import decode_or_reject
+    from tasks.enrich.embed import FrameEmbedder
+    from tasks.enrich.maskige import MaskigeMaker, maskige_png
+    from tasks.decode.sources import decode_or_reject
 
     maker = MaskigeMaker(cfg.preprocess.maskige, storage)
     embedder = FrameEmbedder(cfg.preprocess.embed, storage) if embed else None
@@ -69,10 +69,10 @@ def main() -> None:
     from infra.config import compose
     from infra.ray_runtime import init_ray
     from infra.storage import Storage, join
-    from tasks.pairs import pair_precision, read_pairs
+    from tasks.enrich.pairs import pair_precision, read_pairs
     from tasks.preprocess import list_source, run_preprocess
-    from tasks.shards import sample_key
-    from tasks.synth_source import ensure_synthavs
+    from tasks.shards.schema import sample_key
+    from tasks.synthavs import ensure_synthavs
     from tasks.synthavs import generate_clip
 
     q = max(1, args.clips // 4)

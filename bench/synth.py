@@ -29,8 +29,8 @@ def main() -> None:
 
     from infra.config import compose
     from infra.storage import Storage
-    from tasks.sources import decode_or_reject, list_avsbench, list_videos
-    from tasks.synth_source import ensure_synthavs
+    from tasks.decode.sources import decode_or_reject, list_avsbench, list_videos
+    from tasks.synthavs import ensure_synthavs
 
     q = max(1, args.clips // 4)
     work = tempfile.mkdtemp(prefix="bench-synth-")

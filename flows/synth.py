@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from infra.config import compose
 from infra.storage import Storage
-from tasks.synth_source import ensure_synthavs
+from tasks.synthavs import ensure_synthavs
 
 synthesize = task(ensure_synthavs, name="synthavs", cache_policy=NO_CACHE)
 

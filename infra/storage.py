@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import posixpath
@@ -217,6 +218,14 @@ class Storage:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def sha256(self, url: str) -> str:
+        """sha256 hex digest of a stored file, read in 8 MiB chunks (shards and checkpoints are large)."""
+        h = hashlib.sha256()
+        with self.open(url, "rb") as f:
+            while chunk := f.read(8 << 20):
+                h.update(chunk)
+        return h.hexdigest()
 
     def exists(self, url: str) -> bool:
         fs, path = self.filesystem(url)

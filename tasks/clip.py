@@ -1,4 +1,5 @@
-"""The in-memory clip record every source decodes into, and the rejection record.
+"""The records every step of the road passes on: where a clip lives (:class:`ClipRef`), the
+decoded clip (:class:`Clip`), and why a clip was dropped (:class:`Reject`).
 
 A clip is T frames at 1 fps with their audio. Every reader (AVSBench folders, plain
 video files, SynthAVS) produces the same :class:`Clip`, so everything downstream
@@ -14,6 +15,42 @@ import numpy as np
 
 SAMPLE_RATE = 16_000  # Hz, mono: what VGGish and AVSBench use
 SETTINGS = ("s4", "ms3", "avss")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ClipRef:
+    """Where one clip lives, before any byte of it is read.
+
+    kind:    avsbench_s4 | avsbench_ms3 | avsbench_avss | video (which reader decodes it).
+    uri:     the video file, or the AVSBench clip folder.
+    members: named files of the clip (frame_0, mask_0, audio, logmel, label2idx ...), as URIs.
+    labels:  categories known at listing time (S4's category column), else empty.
+    """
+
+    clip_id: str
+    kind: str
+    uri: str
+    split: str = "none"
+    setting: str = "none"
+    members: dict[str, str] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+
+
+class ClipDecodeError(Exception):
+    """One clip cannot be decoded; reason says what is wrong with it in plain words."""
+
+    def __init__(self, clip_id: str, reason: str):
+        self.clip_id = clip_id
+        self.reason = reason
+        super().__init__(f"clip {clip_id!r}: {reason}")
+
+
+def check_frames(frames: np.ndarray) -> None:
+    """Raise ValueError unless frames is uint8 [N, H, W, 3] (what every enrichment step takes)."""
+    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        what = f"{frames.dtype} {list(frames.shape)}" if isinstance(frames, np.ndarray) else type(frames).__name__
+        raise ValueError(f"frames must be uint8 [N, H, W, 3], got {what}")
 
 
 @dataclass

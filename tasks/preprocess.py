@@ -30,11 +30,11 @@ import numpy as np
 
 from infra.config import Config, config_hash, to_dict
 from infra.storage import Storage, absolute, join, require_shared
-from tasks.clip import Clip, Reject
-from tasks.manifest import Manifest, read_manifest, write_manifest
-from tasks.pairs import mine_pairs, write_pairs
-from tasks.shards import SCHEMA_VERSION, clip_to_sample, read_shard, sample_key, shard_name, write_shard
-from tasks.sources import ClipRef, decode_or_reject, list_avsbench, list_videos
+from tasks.clip import Clip, ClipRef, Reject
+from tasks.shards.manifest import Manifest, read_manifest, write_manifest
+from tasks.enrich.pairs import mine_pairs, write_pairs
+from tasks.shards.schema import SCHEMA_VERSION, clip_to_sample, read_shard, sample_key, shard_name, write_shard
+from tasks.decode.sources import decode_or_reject, list_avsbench, list_videos
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,8 @@ class EnrichStage:
     cluster has GPUs). Adds a Maskige and an embedding per frame to every clip of a shard."""
 
     def __init__(self, maskige_cfg, embed_cfg, storage: Storage):
-        from tasks.embed import FrameEmbedder
-        from tasks.maskige import MaskigeMaker
+        from tasks.enrich.embed import FrameEmbedder
+        from tasks.enrich.maskige import MaskigeMaker
 
         self.maker = MaskigeMaker(maskige_cfg, storage)
         self.embedder = FrameEmbedder(embed_cfg, storage)

@@ -16,8 +16,10 @@ from tasks.synthavs.generate import (
     FORMATS,
     SynthScene,
     clip_tasks,
+    ensure_synthavs,
     generate_clip,
     generate_synthavs,
+    synth_root,
     write_clip,
     write_metadata,
 )
@@ -34,9 +36,11 @@ __all__ = [
     "categories",
     "clip_id",
     "clip_tasks",
+    "ensure_synthavs",
     "generate_clip",
     "generate_synthavs",
     "sample_scene",
+    "synth_root",
     "write_clip",
     "write_metadata",
 ]

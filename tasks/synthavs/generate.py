@@ -1,9 +1,9 @@
 """SynthAVS clips and data sets: scene -> Clip with exact masks -> AVSBench folders and mp4 files.
 
 `generate_clip` is a pure function of (cfg, setting, split, index); `write_clip` writes one
-clip and returns its metadata row; `generate_synthavs` runs both over every clip and writes
-the metadata last. A distributed run maps `write_clip` over `clip_tasks(...)` (e.g. as Ray
-tasks) and hands the rows to `write_metadata`.
+clip and returns its metadata row; `generate_synthavs` runs it over every clip (in this
+process or as Ray tasks) and writes the metadata last; `ensure_synthavs` is SynthAVS as a
+source: generated once per configuration, found again by a marker.
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from infra.config import Config, config_hash, to_dict
 from infra.schema.synth import SynthConfig
-from infra.storage import Storage, join
+from infra.storage import Storage, absolute, join, require_shared
 from tasks.clip import SAMPLE_RATE, SETTINGS, Clip
-from tasks.logmel import log_mel_examples
+from tasks.decode.logmel import log_mel_examples
 from tasks.synthavs import render, sound, writers
 from tasks.synthavs.categories import categories
 from tasks.synthavs.scene import FRAME_OFFSET_S, SPLITS, SceneSpec, sample_scene
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SYNTH_VERSION = 1
 MAX_ATTEMPTS = 50  # scenes whose sounding objects are hidden too much are redrawn
 FORMATS = ("avsbench", "video")
+MARKER = "synthavs.json"  # written last by ensure_synthavs: the folder is complete
 
 
 @dataclass
@@ -203,27 +205,40 @@ def write_metadata(cfg: SynthConfig, out: str, storage: Storage, results: list[d
 
 
 def generate_synthavs(cfg: SynthConfig, out: str, storage: Storage, settings=SETTINGS,
-                      formats=FORMATS, progress: bool = True) -> dict:
+                      formats=FORMATS, progress: bool = True, use_ray: bool = False) -> dict:
     """Generate the whole SynthAVS data set into `out` (local path or s3://).
 
-    Returns a summary: counts per setting and split, the metadata paths, roots of each format,
-    and the generation rate.
+    Each clip is a pure function of (seed, setting, split, index), so with use_ray the clips
+    are written by independent Ray tasks (Ray must be initialised); otherwise one after the
+    other in this process. The metadata CSVs come last. Returns a summary: counts per setting
+    and split, the metadata paths, roots of each format, and the generation rate.
     """
     _check_formats(formats)
-    tasks = clip_tasks(cfg, settings)
+    settings = tuple(settings)
+    jobs = clip_tasks(cfg, settings)
     start = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc="synthavs", unit="clip", disable=not progress)
     results = []
-    for setting in settings:
-        for split in SPLITS:
-            todo = [(s, sp, i) for s, sp, i in tasks if s == setting and sp == split]
-            if not todo:
-                continue
-            for s, sp, i in tqdm(todo, desc=f"synthavs {setting}/{split}", disable=not progress, leave=False):
-                results.append(write_clip(cfg, out, storage, s, sp, i, formats))
+    if use_ray:
+        import ray
+
+        write = ray.remote(num_cpus=1)(write_clip)
+        pending = [write.remote(cfg, out, storage, s, sp, i, formats) for s, sp, i in jobs]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=min(len(pending), 8), timeout=5.0)
+            results.extend(ray.get(ready))
+            bar.update(len(ready))
+        order = {job: n for n, job in enumerate(jobs)}
+        results.sort(key=lambda r: order[(r["setting"], r["split"], r["index"])])
+    else:
+        for s, sp, i in jobs:
+            results.append(write_clip(cfg, out, storage, s, sp, i, formats))
+            bar.update(1)
+    bar.close()
     paths = write_metadata(cfg, out, storage, results, settings, formats)
     seconds = time.perf_counter() - start
     summary = {
-        "out": out,
+        "root": out,
         "counts": {s: {sp: sum(1 for r in results if r["setting"] == s and r["split"] == sp) for sp in SPLITS}
                    for s in settings},
         "clips": len(results),
@@ -232,8 +247,36 @@ def generate_synthavs(cfg: SynthConfig, out: str, storage: Storage, settings=SET
                   "avsbench_semantic": join(out, writers.SEMANTIC_ROOT),
                   "videos": join(out, writers.VIDEO_ROOT)},
         "seconds": round(seconds, 3),
-        "clips_per_second": round(len(results) / seconds, 3) if seconds > 0 else None,
+        "clips_per_s": round(len(results) / seconds, 3) if seconds > 0 else None,
     }
     log.info("SynthAVS: %d clips into %s in %.1f s (%.2f clips/s)", len(results), out, seconds,
-             summary["clips_per_second"] or 0.0)
+             summary["clips_per_s"] or 0.0)
     return summary
+
+
+def synth_root(cfg: Config, settings: tuple[str, ...] | None = None) -> str:
+    """Where this configuration's SynthAVS lives: a folder per generator config, never overwritten."""
+    settings = settings or (cfg.data.setting,)
+    digest = config_hash({"synth": to_dict(cfg.data.synth), "settings": sorted(settings)})
+    return join(absolute(cfg.data.uri), f"sv-{digest}-{'-'.join(sorted(settings))}")
+
+
+def ensure_synthavs(cfg: Config, storage: Storage, settings: tuple[str, ...] | None = None,
+                    progress: bool = True, use_ray: bool = True) -> tuple[str, dict, bool]:
+    """SynthAVS as a source: generate it (on Ray) unless this exact configuration is already
+    complete under data.uri. Returns (root, summary, generated). A marker written after the
+    metadata says the folder is complete."""
+    settings = tuple(settings or (cfg.data.setting,))
+    root = synth_root(cfg, settings)
+    marker = join(root, MARKER)
+    if storage.exists(marker):
+        log.info("SynthAVS at %s is complete: reusing it", root)
+        return root, json.loads(storage.read_text(marker))["summary"], False
+    if use_ray:
+        from infra.ray_runtime import init_ray
+
+        init_ray(cfg.cluster)
+        require_shared(root, "data.uri")
+    summary = generate_synthavs(cfg.data.synth, root, storage, settings, progress=progress, use_ray=use_ray)
+    storage.write_text(marker, json.dumps({"config": to_dict(cfg.data.synth), "summary": summary}, sort_keys=True))
+    return root, summary, True

@@ -27,10 +27,11 @@ import tempfile
 import wave
 
 import numpy as np
-from PIL import Image
 
 from infra.storage import Storage, join
 from tasks.clip import SAMPLE_RATE
+from tasks.decode.avsbench import voc_palette
+from tasks.media import jpeg_bytes, png_bytes
 
 OBJECT_ROOT = "AVSBench_object"
 SEMANTIC_ROOT = "AVSBench_semantic"
@@ -42,20 +43,6 @@ SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 
 
 # -- encoders --------------------------------------------------------------------------------
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """PNG of uint8 [H, W] (grayscale 'L') or [H, W, 3] (RGB)."""
-    buf = io.BytesIO()
-    # zlib level 3: on these frames both faster and smaller than PIL's default 6 or level 1.
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
-
-
-def jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
 
 def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     """16-bit PCM mono wav of float audio in [-1, 1]."""
@@ -117,21 +104,6 @@ def _stable_legacy_blob(blob: bytes, raw_size: int) -> bytes:
     if head.count(old) < 2:
         raise RuntimeError("unexpected torch legacy storage layout (storage key not found twice)")
     return head.replace(old, b"X" + (1).to_bytes(4, "little") + b"0") + raw
-
-
-def avss_palette(num_classes: int) -> np.ndarray:
-    """uint8 [num_classes, 3]: AVSBench-semantic's label colours (bits of the class id spread
-    over R, G, B from the most significant bit down, as in the PASCAL VOC colour map)."""
-    pal = np.zeros((num_classes, 3), dtype=np.uint8)
-    for j in range(num_classes):
-        lab, shift, rgb = j, 7, [0, 0, 0]
-        while lab > 0:
-            for c in range(3):
-                rgb[c] |= ((lab >> c) & 1) << shift
-            shift -= 1
-            lab >>= 3
-        pal[j] = rgb
-    return pal
 
 
 def write_mp4(path: str, frames, num_frames: int, audio: np.ndarray, fps: int, crf: int,
@@ -228,7 +200,7 @@ def write_avsbench_clip(scene, out: str, storage: Storage, jpeg_quality: int) ->
     if clip.setting == "avss":
         label = spec.avss_label
         base = avss_dir(out, label, vid)
-        palette = avss_palette(len(spec.category_table) + 1)
+        palette = voc_palette(len(spec.category_table) + 1)
         for t in range(t_count):
             storage.write_bytes(join(base, "frames", f"{t}.jpg"), jpeg_bytes(clip.frames[t], jpeg_quality))
         for t in range(1 if (label == "v1s" and split == "train") else t_count):

@@ -12,9 +12,9 @@ import pytest
 
 from infra.config import compose
 from infra.storage import Storage
-from tasks.manifest import read_manifest
+from tasks.shards.manifest import read_manifest
 from tasks.preprocess import run_preprocess
-from tasks.synth_source import ensure_synthavs
+from tasks.synthavs import ensure_synthavs
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = [

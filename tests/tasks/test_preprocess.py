@@ -9,13 +9,13 @@ import pytest
 from infra.config import compose
 from infra.schema.storage import StorageConfig
 from infra.storage import Storage, StorageError, join
-from tasks.manifest import read_manifest, verify
-from tasks.maskige import MaskigeMaker
-from tasks.pairs import read_pairs
+from tasks.shards.manifest import read_manifest, verify
+from tasks.enrich.maskige import MaskigeMaker
+from tasks.enrich.pairs import read_pairs
 from tasks.preprocess import ClipWork, EnrichStage, list_source, plan_shards, run_preprocess, write_group
-from tasks.shards import decode_sample, read_shard, sample_key
-from tasks.sources import decode_or_reject
-from tasks.synth_source import ensure_synthavs
+from tasks.shards.schema import decode_sample, read_shard, sample_key
+from tasks.decode.sources import decode_or_reject
+from tasks.synthavs import ensure_synthavs
 
 SMALL = [
     "data.synth.frame_height=64", "data.synth.frame_width=64", "data.synth.num_train_clips=4",
@@ -165,7 +165,7 @@ def test_missing_checkpoint_is_a_clear_error_before_work(tmp_path):
 
 
 def test_shard_plan_is_stable_and_one_split_per_shard():
-    from tasks.sources import ClipRef
+    from tasks.clip import ClipRef
 
     refs = [ClipRef(f"clip {i}", "video", f"/v/{i}.mp4", split=("train", "val")[i % 2]) for i in range(7)]
     a, b = plan_shards(refs, 2), plan_shards(list(reversed(refs)), 2)

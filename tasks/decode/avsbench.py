@@ -23,7 +23,7 @@ AVSS (``AVSBench_semantic/``)
 Masks: S4/MS3 masks are grayscale 0/255 PNGs, binarised to {0, 1} (>= 128; palette PNGs:
 index != 0). AVSS masks hold class ids, 255 = ignore, kept as is. A mask whose size differs
 from its frame is rejected, not resized. Log-mel pickles are untrusted and go through
-:mod:`tasks.safe_pickle`; the wav is always read too (for ``Clip.audio``), and is the
+:mod:`tasks.decode.safe_pickle`; the wav is always read too (for ``Clip.audio``), and is the
 log-mel source when no pickle exists. Note: AVSBench's pickles step examples by 0.96 s
 (VGGish), ours by 1 s; a pickle is used as it is (``meta["logmel_source"]``).
 
@@ -44,11 +44,10 @@ import numpy as np
 from PIL import Image
 
 from infra.storage import Storage, is_remote, join
-from tasks.clip import SAMPLE_RATE, Clip, Reject
-from tasks.logmel import log_mel_examples
-from tasks.safe_pickle import UnsafePickleError, load_array
-from tasks.sources import SPLITS, ClipDecodeError, ClipRef
-from tasks.video import decode_audio, resize_rgb
+from tasks.clip import SAMPLE_RATE, SPLITS, Clip, ClipDecodeError, ClipRef, Reject
+from tasks.decode.logmel import log_mel_examples
+from tasks.decode.safe_pickle import UnsafePickleError, load_array
+from tasks.decode.video import decode_audio, resize_rgb
 
 OBJECT_DIR = "AVSBench_object"
 SEMANTIC_DIR = "AVSBench_semantic"
@@ -107,7 +106,7 @@ def _column(header: list[str], names: tuple[str, ...], position: int | None, url
 def list_clips(
     root: str, setting: str, storage: Storage, splits: list[str] | tuple[str, ...] | None
 ) -> tuple[list[ClipRef], list[Reject]]:
-    """See :func:`tasks.sources.list_avsbench`."""
+    """See :func:`tasks.decode.sources.list_avsbench`."""
     wanted = tuple(splits) if splits is not None else SPLITS
     bad = [s for s in wanted if s not in SPLITS]
     if bad:

@@ -10,7 +10,6 @@ the provenance of each enrichment.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -18,10 +17,9 @@ from typing import Any
 
 from infra.storage import Storage, join
 from tasks.clip import Reject
-from tasks.shards import SCHEMA_VERSION, ShardInfo
+from tasks.shards.schema import SCHEMA_VERSION, ShardInfo
 
 MANIFEST_NAME = "manifest.json"
-_HASH_CHUNK = 8 << 20
 
 
 def _now() -> str:
@@ -143,15 +141,6 @@ def read_manifest(dataset_url: str, storage: Storage) -> Manifest | None:
         raise ValueError(f"{url}: {e}") from None
 
 
-def file_sha256(url: str, storage: Storage) -> str:
-    """sha256 of a stored file, read in chunks (shards can be large)."""
-    h = hashlib.sha256()
-    with storage.open(url, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify(dataset_url: str, storage: Storage, checksums: bool = True) -> list[str]:
     """Problems with the data set at dataset_url, [] when every listed shard (and the pairs
     file, if listed) exists with its recorded size and, when checksums, sha256."""
@@ -172,7 +161,7 @@ def verify(dataset_url: str, storage: Storage, checksums: bool = True) -> list[s
                 problems.append(f"{entry['name']}: {size} bytes, manifest says {entry['nbytes']}")
                 continue
         if checksums and entry.get("sha256"):
-            digest = file_sha256(url, storage)
+            digest = storage.sha256(url)
             if digest != entry["sha256"]:
                 problems.append(f"{entry['name']}: sha256 {digest[:12]}…, manifest says {entry['sha256'][:12]}…")
     return problems

@@ -12,7 +12,7 @@ import pytest
 
 from infra.storage import join
 from tasks.clip import SAMPLE_RATE, Clip
-from tasks.shards import (
+from tasks.shards.schema import (
     SCHEMA_VERSION,
     ClipSample,
     clip_to_sample,

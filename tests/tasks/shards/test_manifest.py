@@ -8,8 +8,8 @@ import pytest
 
 from infra.storage import join
 from tasks.clip import SAMPLE_RATE, Clip, Reject
-from tasks.manifest import MANIFEST_NAME, Manifest, read_manifest, verify, write_manifest
-from tasks.shards import SCHEMA_VERSION, clip_to_sample, shard_name, write_shard
+from tasks.shards.manifest import MANIFEST_NAME, Manifest, read_manifest, verify, write_manifest
+from tasks.shards.schema import SCHEMA_VERSION, clip_to_sample, shard_name, write_shard
 
 
 def make_clip(clip_id: str, seed: int, split: str) -> Clip:

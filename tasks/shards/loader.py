@@ -47,8 +47,8 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from infra.schema.shards import LoaderConfig
 from infra.storage import Storage
-from tasks.manifest import read_manifest
-from tasks.shards import ClipSample, decode_sample, sample_meta
+from tasks.shards.manifest import read_manifest
+from tasks.shards.schema import ClipSample, decode_sample, sample_meta
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,12 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
 
 @functools.lru_cache(maxsize=1)
 def maskige_lut() -> torch.Tensor:
-    """uint8 [256, 3]: the RGB colour of each Maskige index (palette from tasks.maskige)."""
-    from tasks.maskige import maskige_rgb
+    """uint8 [256, 3]: the RGB colour of each Maskige index (palette from tasks.enrich.maskige)."""
+    from tasks.enrich.maskige import maskige_rgb
 
     lut = np.asarray(maskige_rgb(np.arange(256, dtype=np.uint8).reshape(1, 256)))
     if lut.shape != (1, 256, 3):
-        raise ValueError(f"tasks.maskige.maskige_rgb must map uint8 [H, W] to [H, W, 3], got {list(lut.shape)}")
+        raise ValueError(f"tasks.enrich.maskige.maskige_rgb must map uint8 [H, W] to [H, W, 3], got {list(lut.shape)}")
     return torch.from_numpy(lut[0].astype(np.uint8).copy())
 
 

@@ -20,9 +20,9 @@ from infra.schema.synth import SYNTH_PRESETS, SynthConfig, synth_preset
 from infra.storage import Storage
 from tasks.synthavs import FRAME_OFFSET_S, generate_clip, generate_synthavs, render, sample_scene
 from tasks.synthavs.sound import per_second_rms
-from tasks.synthavs.writers import avss_palette
+from tasks.decode.avsbench import voc_palette
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY = dict(frame_height=64, frame_width=64, num_train_clips=2, num_val_clips=1, num_test_clips=1)
 
 
@@ -287,7 +287,7 @@ def test_avsbench_layout_matches_the_real_data_set(generated):
     assert list(rows[0]) == ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"]
     label2idx = json.loads(Path(sem, "label2idx.json").read_text())
     assert label2idx["background"] == 0 and len(label2idx) == cfg.num_categories + 1
-    palette = avss_palette(len(label2idx))
+    palette = voc_palette(len(label2idx))
     for row in rows:
         folder = os.path.join(sem, row["label"], row["uid"])
         assert sorted(os.listdir(os.path.join(folder, "frames"))) == [f"{i}.jpg" for i in range(5)]

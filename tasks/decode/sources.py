@@ -3,9 +3,9 @@
 Two kinds of source, one result (:class:`~tasks.clip.Clip`):
 
 - an AVSBench folder (S4, MS3 or AVSS, laid out as released; SynthAVS writes the same
-  layout): :func:`list_avsbench`, decoded by :mod:`tasks.avsbench`;
+  layout): :func:`list_avsbench`, decoded by :mod:`tasks.decode.avsbench`;
 - any folder or bucket of video files FFmpeg can open: :func:`list_videos`, decoded by
-  :mod:`tasks.video` (T frames at 1 fps, 16 kHz mono audio, VGGish log-mel).
+  :mod:`tasks.decode.video` (T frames at 1 fps, 16 kHz mono audio, VGGish log-mel).
 
 Listing is cheap and finds what is missing (a CSV row whose files are absent, a file that
 is not a video by its name); decoding reads the bytes and finds what is broken (truncated
@@ -18,47 +18,15 @@ Every path goes through :class:`infra.storage.Storage`, so local folders and s3:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from infra.storage import Storage
-from tasks.clip import Clip, Reject
+from tasks.clip import Clip, ClipDecodeError, ClipRef, Reject
+from tasks.decode import avsbench, video
+from tasks.decode.video import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 KINDS = ("avsbench_s4", "avsbench_ms3", "avsbench_avss", "video")
-SPLITS = ("train", "val", "test")
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
-# Files that may sit beside videos and are not clips: ignored when listing a video folder.
-# Anything else that is not a video extension is reported, not skipped.
-SIDECAR_EXTENSIONS = (".json", ".csv", ".txt", ".md", ".yaml", ".yml", ".srt", ".vtt")
-
-
-@dataclass
-class ClipRef:
-    """Where one clip lives, before any byte of it is read.
-
-    kind:    avsbench_s4 | avsbench_ms3 | avsbench_avss | video (which reader decodes it).
-    uri:     the video file, or the AVSBench clip folder.
-    members: named files of the clip (frame_0, mask_0, audio, logmel, label2idx ...), as URIs.
-    labels:  categories known at listing time (S4's category column), else empty.
-    """
-
-    clip_id: str
-    kind: str
-    uri: str
-    split: str = "none"
-    setting: str = "none"
-    members: dict[str, str] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)
-
-
-class ClipDecodeError(Exception):
-    """One clip cannot be decoded; reason says what is wrong with it in plain words."""
-
-    def __init__(self, clip_id: str, reason: str):
-        self.clip_id = clip_id
-        self.reason = reason
-        super().__init__(f"clip {clip_id!r}: {reason}")
 
 
 def list_avsbench(
@@ -70,8 +38,6 @@ def list_avsbench(
     root may be the folder holding AVSBench_object/ and AVSBench_semantic/, or the setting's
     own folder (Single-source/, Multi-sources/, AVSBench_semantic/). splits: None = all.
     """
-    from tasks import avsbench
-
     return avsbench.list_clips(root, setting, storage, splits)
 
 
@@ -84,8 +50,6 @@ def list_videos(
     clip_id is the path below root without its extension ('/'-separated); split is the
     nearest enclosing folder named train/val/test, else "none".
     """
-    from tasks import video
-
     return video.list_clips(root, storage, tuple(e.lower() for e in extensions))
 
 
@@ -100,12 +64,8 @@ def decode_clip(ref: ClipRef, storage: Storage, num_frames: int, frame_size: int
     if frame_size < 8:
         raise ValueError(f"frame_size must be >= 8, got {frame_size}")
     if ref.kind == "video":
-        from tasks import video
-
         clip = video.decode(ref, storage, num_frames, frame_size)
     elif ref.kind.startswith("avsbench_"):
-        from tasks import avsbench
-
         clip = avsbench.decode(ref, storage, num_frames, frame_size)
     else:
         raise ClipDecodeError(ref.clip_id, f"unknown source kind {ref.kind!r} (known: {', '.join(KINDS)})")

@@ -12,8 +12,8 @@ from PIL import Image
 
 from infra.storage import Storage
 from tasks.clip import Clip, Reject
-from tasks.sources import decode_many, decode_or_reject, list_avsbench, list_videos
-from tasks.video import encode_video
+from tasks.decode.sources import decode_many, decode_or_reject, list_avsbench, list_videos
+from tasks.decode.video import encode_video
 
 SR = 16_000
 T = 3
@@ -240,7 +240,8 @@ def test_avsbench_on_s3_with_a_missing_row(tmp_path, s3_storage):
 
 
 def test_unknown_kind_and_bad_arguments():
-    from tasks.sources import ClipRef, decode_clip
+    from tasks.clip import ClipRef
+    from tasks.decode.sources import decode_clip
 
     ref = ClipRef("x", "tiktok", "/nowhere")
     out = decode_or_reject(ref, Storage(), 5, 32)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from infra.storage import Storage
-from tasks.logmel import log_mel_examples
-from tasks.sources import decode_clip, list_videos
-from tasks.video import encode_video
+from tasks.decode.logmel import log_mel_examples
+from tasks.decode.sources import decode_clip, list_videos
+from tasks.decode.video import encode_video
 
 SR = 16_000
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.logmel import FFT, HOP, LOG_OFFSET, WINDOW, _hz_to_mel, log_mel_examples, mel_matrix
+from tasks.decode.logmel import FFT, HOP, LOG_OFFSET, WINDOW, _hz_to_mel, log_mel_examples, mel_matrix
 
 
 def test_shape_and_padding_of_short_audio():

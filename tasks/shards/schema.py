@@ -9,7 +9,7 @@ member          content
                 labels, T, fps, frame size, gt_frames, provenance of each enrichment,
                 and the clip's own ``meta``
 ``f000.jpg`` …  frames, RGB (JPEG at ``jpeg_quality``, or ``f000.png`` when lossless)
-``g000.png`` …  Maskige per frame (palette PNG, written by :mod:`tasks.maskige`)
+``g000.png`` …  Maskige per frame (palette PNG, written by :mod:`tasks.enrich.maskige`)
 ``m000.png`` …  ground-truth mask of each annotated frame only (8-bit grey PNG holding the
                 raw values: 0/1 for S4/MS3, class ids for AVSS)
 ``logmel.npy``  float16 [T, 96, 64]
@@ -40,6 +40,7 @@ from PIL import Image
 
 from infra.storage import Storage
 from tasks.clip import Clip
+from tasks.media import jpeg_bytes, png_bytes
 
 SCHEMA_VERSION = 1
 FPS = 1
@@ -79,19 +80,6 @@ def shard_name(index: int) -> str:
 
 
 # -- encoding --------------------------------------------------------------------------
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def _jpeg(array: np.ndarray, quality: int) -> bytes:
-    buf = io.BytesIO()
-    # 4:4:4 chroma: thin object boundaries keep their colour (4:2:0 would halve it)
-    Image.fromarray(array).save(buf, format="JPEG", quality=quality, subsampling=0)
-    return buf.getvalue()
-
-
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
@@ -178,16 +166,16 @@ def clip_to_sample(
     sample["meta.json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
     for i in range(t):
         frame = np.ascontiguousarray(clip.frames[i])
-        sample[f"f{i:03d}.{frame_format}"] = _png(frame) if frame_format == "png" else _jpeg(frame, int(jpeg_quality))
+        sample[f"f{i:03d}.{frame_format}"] = png_bytes(frame) if frame_format == "png" else jpeg_bytes(frame, int(jpeg_quality), subsampling="4:4:4")
     if maskiges is not None:
-        from tasks.maskige import maskige_png  # owned by the Maskige step; the palette lives there
+        from tasks.enrich.maskige import maskige_png  # owned by the Maskige step; the palette lives there
 
         for i in range(t):
             sample[f"g{i:03d}.png"] = maskige_png(np.ascontiguousarray(maskiges[i]))
     if clip.masks is not None:
         for i in range(t):
             if gt_frames[i]:
-                sample[f"m{i:03d}.png"] = _png(np.ascontiguousarray(clip.masks[i]))
+                sample[f"m{i:03d}.png"] = png_bytes(clip.masks[i])
     sample["logmel.npy"] = _npy(clip.logmel.astype(np.float16))
     sample["wav.flac"] = _flac(clip.audio, clip.sample_rate)
     if dino is not None:
@@ -244,7 +232,7 @@ def _image(value: Any, what: str) -> np.ndarray:
     """A member as an array: raw PNG/JPEG bytes, or an array some reader already decoded."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         with Image.open(io.BytesIO(bytes(value))) as im:
-            if im.mode == "P":  # keep palette indices: a Maskige written without tasks.maskige
+            if im.mode == "P":  # keep palette indices: a Maskige written without tasks.enrich.maskige
                 return np.asarray(im)
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGB")
@@ -319,7 +307,7 @@ def decode_sample(sample: Mapping[str, Any]) -> ClipSample:
         for i in range(t):
             value = member(f"g{i:03d}.png")
             if isinstance(value, (bytes, bytearray, memoryview)):
-                from tasks.maskige import read_maskige_png
+                from tasks.enrich.maskige import read_maskige_png
 
                 g = read_maskige_png(bytes(value))
             else:

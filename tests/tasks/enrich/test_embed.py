@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from infra.schema.enrich import EmbedConfig
-from tasks.embed import (
+from tasks.enrich.embed import (
     CLASSICAL_DIM,
     EmbedCheckpointError,
     FrameEmbedder,
@@ -18,7 +18,7 @@ from tasks.embed import (
     clean_dino_state_dict,
     load_vit_weights,
 )
-from tasks.maskige import chroma_object_labels, chromaticity
+from tasks.enrich.maskige import chroma_object_labels, chromaticity
 
 
 @pytest.fixture(autouse=True)

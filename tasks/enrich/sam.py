@@ -13,7 +13,6 @@ Everything here is segment-anything's own code (``sam_model_registry``, ``ImageE
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import deque
@@ -103,14 +102,6 @@ def _build(model_type: str, state_dict: dict) -> Sam:
     return sam_model_registry[model_type](checkpoint=None)
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_sam_with_sha256(model_type: str, checkpoint: str, storage=None, *,
                          device: torch.device | str | None = None) -> tuple[Sam, str]:
     """Build ``sam_model_registry[model_type]`` and load ``checkpoint`` (path or s3:// URI) into it.
@@ -130,7 +121,7 @@ def load_sam_with_sha256(model_type: str, checkpoint: str, storage=None, *,
         with storage.local_path(checkpoint, suffix=".pth") as path:
             if not os.path.exists(path):
                 raise FileNotFoundError(path)
-            digest = file_sha256(path)
+            digest = storage.sha256(path)
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise SamCheckpointError(f"{where}: file not found") from None

@@ -13,7 +13,7 @@ import pytest
 
 from infra.schema.synth import synth_preset
 from infra.storage import Storage
-from tasks.sources import decode_clip, list_avsbench, list_videos
+from tasks.decode.sources import decode_clip, list_avsbench, list_videos
 from tasks.synthavs import generate_synthavs
 
 T = 5

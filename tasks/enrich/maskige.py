@@ -15,7 +15,7 @@ Where we differ from COMBO, on purpose:
 - Masks of equal area keep their input order (a stable sort); COMBO's argsort does not
   promise an order for ties.
 
-Masks come from SAM (:mod:`tasks.sam`), a tiny random SAM (tests), or a classical
+Masks come from SAM (:mod:`tasks.enrich.sam`), a tiny random SAM (tests), or a classical
 class-agnostic segmenter when no SAM checkpoint is given: scikit-image felzenszwalb or
 slic, or "chroma" (whole objects by chromaticity, see :func:`chroma_object_labels`).
 """
@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from infra.schema.enrich import MaskigeConfig
+from tasks.clip import check_frames
 
 log = logging.getLogger(__name__)
 
@@ -266,12 +267,6 @@ def classical_masks(frame: np.ndarray, cfg: MaskigeConfig) -> list[np.ndarray]:
     return [labels == v for v in np.unique(labels)]
 
 
-def _check_frames(frames: np.ndarray) -> None:
-    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        what = f"{frames.dtype} {list(frames.shape)}" if isinstance(frames, np.ndarray) else type(frames).__name__
-        raise ValueError(f"frames must be uint8 [N, H, W, 3], got {what}")
-
-
 class MaskigeMaker:
     """Frames -> Maskiges, with SAM (batched), a tiny random SAM, or classical segments.
 
@@ -292,7 +287,7 @@ class MaskigeMaker:
             log.warning("!!! Maskiges come from CLASSICAL %s segmentation, NOT SAM (maskige.source='classical') !!!",
                         self.cfg.classical_method)
         if self.source in ("sam", "sam_tiny"):
-            from tasks.sam import BatchedSamMaskGenerator, build_sam_tiny, default_device, load_sam_with_sha256
+            from tasks.enrich.sam import BatchedSamMaskGenerator, build_sam_tiny, default_device, load_sam_with_sha256
 
             if sam_cfg.min_mask_region_area > 0:
                 try:
@@ -337,7 +332,7 @@ class MaskigeMaker:
 
     def masks(self, frames: np.ndarray) -> list[list[np.ndarray]]:
         """Class-agnostic boolean masks per frame. frames: uint8 [N, H, W, 3]."""
-        _check_frames(frames)
+        check_frames(frames)
         if self.generator is None:
             out = []
             for i, frame in enumerate(frames):

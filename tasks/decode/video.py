@@ -10,7 +10,7 @@ as AVSBench's 224 x 224).
 
 Audio: the first audio track, resampled by FFmpeg to 16 kHz, averaged over its channels
 to mono (as VGGish does), placed on the same time line and cut or zero padded to exactly
-T * 16000 samples. Log-mel: :func:`tasks.logmel.log_mel_examples`, 96 x 64 per second.
+T * 16000 samples. Log-mel: :func:`tasks.decode.logmel.log_mel_examples`, 96 x 64 per second.
 
 Clips shorter than T seconds: when at least the first 1 fps sample (0.5 s) exists, the
 missing seconds repeat the last frame and the missing audio is silence;
@@ -30,9 +30,13 @@ import numpy as np
 from PIL import Image
 
 from infra.storage import Storage, is_remote
-from tasks.clip import SAMPLE_RATE, Clip, Reject
-from tasks.logmel import log_mel_examples
-from tasks.sources import SIDECAR_EXTENSIONS, SPLITS, ClipDecodeError, ClipRef
+from tasks.clip import SAMPLE_RATE, SPLITS, Clip, ClipDecodeError, ClipRef, Reject
+from tasks.decode.logmel import log_mel_examples
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+# Files that may sit beside videos and are not clips: ignored when listing a video folder.
+# Anything else that is not a video extension is reported, not skipped.
+SIDECAR_EXTENSIONS = (".json", ".csv", ".txt", ".md", ".yaml", ".yml", ".srt", ".vtt")
 
 # The first 1 fps sample of second 0 is at 0.5 s: a clip must reach it to give one frame.
 MIN_VIDEO_SECONDS = Fraction(1, 2)
@@ -60,7 +64,7 @@ def _relative(root: str, url: str) -> str:
 
 def list_clips(root: str, storage: Storage, extensions: tuple[str, ...]) -> tuple[list[ClipRef], list[Reject]]:
     """Refs for every file below root with a video extension; Rejects for the other files
-    (sidecars and hidden files aside). See :func:`tasks.sources.list_videos`."""
+    (sidecars and hidden files aside). See :func:`tasks.decode.sources.list_videos`."""
     refs: list[ClipRef] = []
     rejects: list[Reject] = []
     files = storage.walk_files(root)

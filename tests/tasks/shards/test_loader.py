@@ -8,9 +8,9 @@ import torch
 from infra.schema.shards import LoaderConfig, ShardsConfig
 from infra.storage import join
 from tasks.clip import SAMPLE_RATE, Clip
-from tasks.loader import collate_clips, make_loader, maskige_lut, random_resized_crop_box
-from tasks.manifest import Manifest, write_manifest
-from tasks.shards import clip_to_sample, shard_name, write_shard
+from tasks.shards.loader import collate_clips, make_loader, maskige_lut, random_resized_crop_box
+from tasks.shards.manifest import Manifest, write_manifest
+from tasks.shards.schema import clip_to_sample, shard_name, write_shard
 
 T, H, W = 3, 36, 44
 

@@ -9,7 +9,7 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam
 
-from tasks.sam import BatchedSamMaskGenerator, SamCheckpointError, build_sam_tiny, load_sam, load_sam_with_sha256
+from tasks.enrich.sam import BatchedSamMaskGenerator, SamCheckpointError, build_sam_tiny, load_sam, load_sam_with_sha256
 
 # Thresholds low enough that a random model's masks come through, and no NMS, so that every
 # point's masks do (a random SAM's masks overlap heavily; each is still a distinct pixel set).

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from infra.schema.enrich import MaskigeConfig, SamConfig
-from tasks.maskige import (
+from tasks.enrich.maskige import (
     ADE20K_PALETTE,
     MaskigeError,
     MaskigeMaker,
@@ -188,7 +188,7 @@ def test_bad_frames_are_named():
 
 
 def test_failure_names_the_frame(monkeypatch):
-    import tasks.maskige as mod
+    import tasks.enrich.maskige as mod
 
     calls = {"n": 0}
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from infra.schema.enrich import PairsConfig
-from tasks.pairs import mine_pairs, pair_precision, read_pairs, write_pairs
+from tasks.enrich.pairs import mine_pairs, pair_precision, read_pairs, write_pairs
 
 
 def _data(n=61, d=8, frames_per_clip=4, seed=0):

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from infra.schema.enrich import EmbedConfig
-from tasks.maskige import chroma_object_labels, chromaticity
+from tasks.clip import check_frames
+from tasks.enrich.maskige import chroma_object_labels, chromaticity
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,6 @@ CLASSICAL_VERSION = "chroma-objects-shape-kme-v1"
 
 class EmbedCheckpointError(ValueError):
     """A DINO checkpoint could not be read or does not fit the architecture; names the URI."""
-
-
-def _check_frames(frames: np.ndarray) -> None:
-    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        what = f"{frames.dtype} {list(frames.shape)}" if isinstance(frames, np.ndarray) else type(frames).__name__
-        raise ValueError(f"frames must be uint8 [N, H, W, 3], got {what}")
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -104,12 +99,11 @@ def load_vit_weights(model: torch.nn.Module, state: dict[str, Any], where: str) 
 def read_torch_checkpoint(uri: str, storage=None) -> tuple[dict[str, Any], str]:
     """A checkpoint's dict (read with weights_only=True: it cannot run code) and its sha256."""
     from infra.storage import Storage
-    from tasks.sam import file_sha256
 
     storage = storage or Storage()
     try:
         with storage.local_path(uri, suffix=".pth") as path:
-            digest = file_sha256(path)
+            digest = storage.sha256(path)
             # DINO's full checkpoints carry their argparse Namespace; allow that one class.
             with torch.serialization.safe_globals([argparse.Namespace]):
                 state = torch.load(path, map_location="cpu", weights_only=True)
@@ -145,7 +139,7 @@ def build_vit(arch: str, image_size: int, tiny: bool = False, seed: int = 0) -> 
 # -- classical -------------------------------------------------------------------------
 #
 # Without a DINO checkpoint, frames are compared by the objects they show. Objects are
-# found by tasks.maskige.chroma_object_labels (chromaticity does not change where a
+# found by tasks.enrich.maskige.chroma_object_labels (chromaticity does not change where a
 # surface is shaded, striped or textured by darkening, so each painted object is one
 # tight colour cluster apart from the background's), and each is described by
 # translation-, scale- and (mostly) rotation-invariant shape numbers: Hu moments,
@@ -237,7 +231,7 @@ def classical_features(frame: np.ndarray) -> np.ndarray:
 
 def classical_embedding(frames: np.ndarray) -> np.ndarray:
     """Classical embeddings of frames (uint8 [N, H, W, 3]) -> float32 [N, CLASSICAL_DIM], L2-normalised."""
-    _check_frames(frames)
+    check_frames(frames)
     if len(frames) == 0:
         return np.zeros((0, CLASSICAL_DIM), dtype=np.float32)
     return l2_normalise(np.stack([classical_features(f) for f in frames]))
@@ -261,7 +255,7 @@ class FrameEmbedder:
             log.warning("!!! embeddings are CLASSICAL colour/shape features, NO DINO checkpoint is used "
                         "(embed.source='classical') !!!")
         if self.source in ("dino", "dino_tiny"):
-            from tasks.sam import default_device
+            from tasks.enrich.sam import default_device
 
             self.device = torch.device(device) if device is not None else default_device()
             model = build_vit(self.cfg.arch, self.cfg.image_size, tiny=self.source == "dino_tiny", seed=self.cfg.seed)
@@ -295,7 +289,7 @@ class FrameEmbedder:
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """frames: uint8 [N, H, W, 3] -> float32 [N, D], unit rows."""
-        _check_frames(frames)
+        check_frames(frames)
         if self.model is None:
             return classical_embedding(frames)
         out = []

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from infra.storage import Storage
-from tasks.avsbench import voc_palette
-from tasks.logmel import log_mel_examples
-from tasks.safe_pickle import UnsafePickleError, load_array, loads
-from tasks.sources import decode_clip, decode_or_reject, list_avsbench
+from tasks.decode.avsbench import voc_palette
+from tasks.decode.logmel import log_mel_examples
+from tasks.decode.safe_pickle import UnsafePickleError, load_array, loads
+from tasks.decode.sources import decode_clip, decode_or_reject, list_avsbench
 
 SIZE = 64
 SR = 16_000

@@ -1,0 +1,1 @@
+"""Step *decode*: sources listed, clips decoded (or rejected with a reason), each within its deadline."""

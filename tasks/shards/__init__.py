@@ -1,0 +1,1 @@
+"""Step *write shards*: the versioned WebDataset sample schema, the manifest, the streaming loader."""

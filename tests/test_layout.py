@@ -1,0 +1,102 @@
+"""The layout DESIGN.md promises: dependencies point one way (flows -> tasks -> models,
+tasks -> infra; models imports nothing of the project), and no module of the project
+imports itself back through others, deferred imports inside functions included."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("flows", "tasks", "models", "infra")
+# What each top-level package may import of the project.
+ALLOWED = {
+    "flows": {"flows", "tasks", "models", "infra"},
+    "tasks": {"tasks", "models", "infra"},
+    "models": {"models"},
+    "infra": {"infra"},
+}
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules(root: Path) -> dict[str, Path]:
+    return {_module_name(p, root): p for pkg in PACKAGES for p in (root / pkg).rglob("*.py")}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules that `name` imports, at module level or inside functions."""
+    out: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            # `from pkg import mod` names a module when pkg.mod is one
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                out.add(t)
+    return out
+
+
+def _graph(root: Path = REPO) -> dict[str, set[str]]:
+    mods = _modules(root)
+    known = set(mods)
+    return {name: _imports(name, path, known) for name, path in mods.items()}
+
+
+def test_dependencies_point_one_way():
+    wrong = sorted(
+        f"{mod} imports {dep}"
+        for mod, deps in _graph().items()
+        for dep in deps
+        if dep.split(".")[0] not in ALLOWED[mod.split(".")[0]]
+    )
+    assert wrong == []
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    # A package's __init__ re-exporting its own modules is not a cycle of the road.
+    edges = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(edges.get(node, ())):
+            if state.get(dep) == 1:
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, stack)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [])
+    assert cycles == []
+
+
+def test_the_checker_sees_a_cycle(tmp_path):
+    """The graph itself: two modules importing each other (one inside a function) are both seen."""
+    for pkg in PACKAGES:
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "tasks" / "a.py").write_text("def f():\n    from tasks import b\n")
+    (tmp_path / "tasks" / "b.py").write_text("from tasks.a import f\n")
+    (tmp_path / "models" / "m.py").write_text("import infra.x\n")
+    graph = _graph(tmp_path)
+    assert graph["tasks.a"] == {"tasks.b"} and graph["tasks.b"] == {"tasks.a"}
+    assert graph["models.m"] == {"infra"}
