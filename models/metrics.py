@@ -25,7 +25,8 @@ once per video:
 ``SemanticAVSMetric`` (AVSS) follows AVSBench ``avs_scripts/avss/utils/compute_color_metrics.py``
 (``_batch_miou_fscore``) and the accumulation in ``avs_scripts/avss/test.py``:
 
-- prediction = ``argmax(softmax(logits))`` over C classes (background included);
+- prediction = ``argmax(softmax(logits))`` over C classes (background included), the softmax in
+  the scores' own floating dtype as in AVSBench (first index wins a tie);
 - per frame and class c: inter_c, pred_c, label_c pixel counts, union_c = pred_c + label_c -
   inter_c; IoU_c = inter_c / union_c (0 where union is 0, AVSBench divides by union + 2.2e-16);
   precision_c = inter_c / pred_c, recall_c = inter_c / label_c, F_c = (1 + b2) P R / (b2 P + R)
@@ -33,11 +34,20 @@ once per video:
 - IoU_c and F_c are summed over frames, and count_c counts the frames where union_c > 0 (the
   class is in the prediction or the ground truth); per-class value = sum / count, a class never
   seen (count 0) scores 0; ``miou`` / ``fscore`` are the mean over all C classes.
-- Ignore label (default 255): pixels with this label are excluded from both the prediction and
-  the ground truth counts. AVSBench's loader never produces an ignore label (labels come from an
-  argmax over palette colours); its metric code masks predictions only where ``label + 1 == 0``,
-  so with 255 it would drop those pixels from the ground truth but count predictions there as
-  false positives. Excluding them from both is the evident intent and what "ignore" means.
+- Labels outside the classes (``ignore_index``, default 255) are scored as the reference code
+  scores them. ``_batch_miou_fscore`` shifts ids by one (``target + 1``, ``argmax + 1``), zeroes
+  the prediction where ``target + 1 <= 0`` and counts each map with ``torch.histc(bins=C, min=1,
+  max=C)``, which drops values outside [1, C]. So a pixel labelled 255 (shifted to 256 > C) is in
+  no class's ground truth and in no intersection, but its prediction still counts in that class's
+  ``pred_c`` (a false positive: it lowers precision and IoU, and a class predicted only on such
+  pixels gets a counted frame scoring IoU 0 and F 0). A negative ``ignore_index`` (e.g. -1) is
+  dropped from prediction and ground truth alike, as the reference's ``target > 0`` mask does.
+  AVSBench's own loader never yields such labels (its labels are an argmax over palette colours),
+  but padded or unannotated regions in other pipelines do; either way ``miou`` / ``fscore`` are
+  the reference's numbers.
+- Variant ``miou_drop_ignore`` / ``fscore_drop_ignore``: the same per-frame protocol with pixels
+  labelled ``ignore_index`` removed from the prediction as well (the usual meaning of "ignore").
+  It equals the protocol when the ground truth holds no such pixel, or when ``ignore_index < 0``.
 - AVSBench pads 5-frame (v1s / v1m) clips to 10 frames with black images and all-background
   labels, and scores the padded frames too. Here only the frames passed to ``update`` are scored;
   the caller passes the annotated frames of a clip.
@@ -50,7 +60,11 @@ frames of all videos before dividing (sum I / sum U), the usual segmentation con
   #pred and #gt pooled over all frames;
 - semantic ``miou_dataset`` = mean over C of sum inter_c / sum union_c, ``fscore_dataset`` =
   mean over C of F from pooled precision and recall; a class with no pixels anywhere scores 0,
-  as in the protocol mean.
+  as in the protocol mean. Ignore-label pixels are counted as in the protocol (predictions there
+  count); ``miou_dataset_drop_ignore`` / ``fscore_dataset_drop_ignore`` pool with them removed.
+
+Names: ``_dataset`` = pooled instead of per-frame averaging, ``_drop_ignore`` = ignore-label
+pixels removed from the prediction too; a name without either suffix is the AVSBench protocol.
 """
 
 from __future__ import annotations
@@ -192,36 +206,80 @@ class BinaryAVSMetric(Metric):
         }
 
 
+def _class_iou_f(
+    inter: torch.Tensor, pred: torch.Tensor, label: torch.Tensor, beta2: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IoU, F and 'seen' (union > 0) per class from int64 pixel counts of any (same) shape.
+
+    IoU is 0 where the union is 0 (AVSBench: 0 / (0 + 2.2e-16)); F has every 0/0 set to 0.
+    """
+    union = pred + label - inter
+    i, u = inter.double(), union.double()
+    iou = torch.where(union > 0, i / u.clamp(min=1), torch.zeros_like(i))
+    fscore = _f_measure(i / pred.double(), i / label.double(), beta2)
+    return iou, fscore, union > 0
+
+
+def _class_mean(value_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Per-class sum / count, 0 for a class never counted."""
+    c = count.double()
+    return torch.where(c > 0, value_sum / c.clamp(min=1), torch.zeros_like(c))
+
+
 class SemanticAVSMetric(Metric):
     """AVSBench AVSS metric: per-class mIoU and F-score over frames, mean over all classes.
 
     ``num_classes`` includes background (71 on AVSBench-semantic). ``update(logits, labels)``
     takes one video (or any set of frames): ``logits`` [T, C, H, W] (logits, or any scores whose
     argmax is the prediction, e.g. probabilities from ``segment``), ``labels`` [T, H, W] integer
-    class ids in [0, C) or ``ignore_index``. ``compute()`` returns ``miou``, ``fscore`` (AVSBench
-    protocol), ``miou_dataset``, ``fscore_dataset`` (pooled pixel counts), ``per_class_iou``,
-    ``per_class_fscore`` ([C] tensors of the protocol values) and ``num_frames``.
+    class ids in [0, C) or ``ignore_index``.
+
+    ``ignore_index`` (default 255; ``None`` = no such label, every label must be a class id) is the
+    label of pixels that belong to no class. It never collides with a class id. What it does:
+
+    - ``miou`` / ``fscore`` / ``per_class_*`` / ``*_dataset`` (the AVSBench reference): if
+      ``ignore_index >= num_classes`` (255), such a pixel is in no class's ground truth, but the
+      class predicted there counts it as predicted, i.e. as a false positive; if
+      ``ignore_index < 0`` the pixel is left out entirely (the reference masks out labels < 0).
+    - ``*_drop_ignore``: the pixel is left out of prediction and ground truth alike.
+
+    ``compute()`` returns 0-dim tensors ``miou``, ``fscore`` (AVSBench protocol),
+    ``miou_drop_ignore``, ``fscore_drop_ignore`` (protocol averaging, ignore pixels dropped),
+    ``miou_dataset``, ``fscore_dataset`` (pooled pixel counts, ignore pixels as in the protocol),
+    ``miou_dataset_drop_ignore``, ``fscore_dataset_drop_ignore`` (pooled, ignore pixels dropped),
+    ``num_frames``, and ``per_class_iou``, ``per_class_fscore`` ([C] protocol values).
     """
 
     full_state_update = False
     higher_is_better = True
     is_differentiable = False
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, beta2: float = BETA2, **kwargs):
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, beta2: float = BETA2, **kwargs):
         super().__init__(**kwargs)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
-        if 0 <= ignore_index < num_classes:
+        if ignore_index is not None and 0 <= ignore_index < num_classes:
             raise ValueError(f"ignore_index {ignore_index} collides with a class id (< {num_classes})")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        # The reference keeps the prediction on a pixel whose label is >= C (out of its histogram
+        # range) and zeroes it where the label is < 0.
+        self._protocol_counts_ignored_pred = ignore_index is not None and ignore_index >= num_classes
         self.beta2 = beta2
         c, f64, i64 = num_classes, torch.float64, torch.int64
+        # Per-frame sums of the protocol ...
         self.add_state("iou_sum", torch.zeros(c, dtype=f64), dist_reduce_fx="sum")
         self.add_state("fscore_sum", torch.zeros(c, dtype=f64), dist_reduce_fx="sum")
         self.add_state("class_count", torch.zeros(c, dtype=i64), dist_reduce_fx="sum")
+        # ... and of the variant with ignore-label pixels dropped.
+        self.add_state("iou_sum_drop_ignore", torch.zeros(c, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("fscore_sum_drop_ignore", torch.zeros(c, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("class_count_drop_ignore", torch.zeros(c, dtype=i64), dist_reduce_fx="sum")
+        # Pooled counts. Ignore pixels are in no intersection or ground truth in either handling;
+        # only the predicted counts differ.
         self.add_state("inter_total", torch.zeros(c, dtype=i64), dist_reduce_fx="sum")
         self.add_state("pred_total", torch.zeros(c, dtype=i64), dist_reduce_fx="sum")
+        self.add_state("pred_total_drop_ignore", torch.zeros(c, dtype=i64), dist_reduce_fx="sum")
         self.add_state("label_total", torch.zeros(c, dtype=i64), dist_reduce_fx="sum")
         self.add_state("num_frames", torch.zeros((), dtype=i64), dist_reduce_fx="sum")
 
@@ -236,52 +294,67 @@ class SemanticAVSMetric(Metric):
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
         labels = labels.long().to(logits.device)
-        valid = labels != self.ignore_index
+        if self.ignore_index is None:
+            valid = torch.ones_like(labels, dtype=torch.bool)
+        else:
+            valid = labels != self.ignore_index
         if bool(((labels[valid] < 0) | (labels[valid] >= c)).any()):
             raise ValueError(f"labels hold ids outside [0, {c}) that are not ignore_index={self.ignore_index}")
 
-        # softmax then argmax, as AVSBench (ties after softmax rounding resolve identically).
-        pred = torch.softmax(logits.detach().float(), dim=1).argmax(1)
+        # softmax then argmax, as AVSBench, in the scores' own precision (float32 in AVSBench),
+        # so that ties created by softmax rounding resolve identically (first index wins).
+        scores = logits.detach()
+        if not scores.is_floating_point():
+            scores = scores.float()
+        pred = torch.softmax(scores, dim=1).argmax(1)
         offset = (torch.arange(t, device=pred.device) * c).view(t, 1, 1)
+        pred_all = (pred + offset).reshape(-1)  # every pixel, ignore-label ones included
         pred_idx = (pred + offset)[valid]
         label_idx = (labels + offset)[valid]
         hit = pred_idx == label_idx
-        area_pred = torch.bincount(pred_idx, minlength=t * c).view(t, c)
         area_label = torch.bincount(label_idx, minlength=t * c).view(t, c)
         area_inter = torch.bincount(label_idx[hit], minlength=t * c).view(t, c)
-        area_union = area_pred + area_label - area_inter
-
-        inter, union = area_inter.double(), area_union.double()
-        iou = torch.where(area_union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
-        precision = inter / area_pred.double()
-        recall = inter / area_label.double()
-        fscore = _f_measure(precision, recall, self.beta2)
+        area_pred_drop = torch.bincount(pred_idx, minlength=t * c).view(t, c)
+        if self._protocol_counts_ignored_pred:
+            area_pred = torch.bincount(pred_all, minlength=t * c).view(t, c)
+        else:
+            area_pred = area_pred_drop
 
         dev = self.iou_sum.device  # the states' device may differ from the inputs'
+        iou, fscore, seen = _class_iou_f(area_inter, area_pred, area_label, self.beta2)
         self.iou_sum += iou.sum(0).to(dev)
         self.fscore_sum += fscore.sum(0).to(dev)
-        self.class_count += (area_union > 0).sum(0).to(dev)
+        self.class_count += seen.sum(0).to(dev)
+        iou, fscore, seen = _class_iou_f(area_inter, area_pred_drop, area_label, self.beta2)
+        self.iou_sum_drop_ignore += iou.sum(0).to(dev)
+        self.fscore_sum_drop_ignore += fscore.sum(0).to(dev)
+        self.class_count_drop_ignore += seen.sum(0).to(dev)
         self.inter_total += area_inter.sum(0).to(dev)
         self.pred_total += area_pred.sum(0).to(dev)
+        self.pred_total_drop_ignore += area_pred_drop.sum(0).to(dev)
         self.label_total += area_label.sum(0).to(dev)
         self.num_frames += t
 
     def compute(self) -> dict[str, torch.Tensor]:
         if int(self.num_frames) == 0:
             raise RuntimeError("SemanticAVSMetric.compute() called before any frame was scored")
-        count = self.class_count.double()
-        seen = count > 0
-        per_class_iou = torch.where(seen, self.iou_sum / count.clamp(min=1), torch.zeros_like(count))
-        per_class_f = torch.where(seen, self.fscore_sum / count.clamp(min=1), torch.zeros_like(count))
-        inter = self.inter_total.double()
-        union = (self.pred_total + self.label_total - self.inter_total).double()
-        iou_dataset = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
-        f_dataset = _f_measure(inter / self.pred_total.double(), inter / self.label_total.double(), self.beta2)
+        per_class_iou = _class_mean(self.iou_sum, self.class_count)
+        per_class_f = _class_mean(self.fscore_sum, self.class_count)
+        iou_drop = _class_mean(self.iou_sum_drop_ignore, self.class_count_drop_ignore)
+        f_drop = _class_mean(self.fscore_sum_drop_ignore, self.class_count_drop_ignore)
+        iou_ds, f_ds, _ = _class_iou_f(self.inter_total, self.pred_total, self.label_total, self.beta2)
+        iou_ds_drop, f_ds_drop, _ = _class_iou_f(
+            self.inter_total, self.pred_total_drop_ignore, self.label_total, self.beta2
+        )
         return {
             "miou": per_class_iou.mean(),
             "fscore": per_class_f.mean(),
-            "miou_dataset": iou_dataset.mean(),
-            "fscore_dataset": f_dataset.mean(),
+            "miou_drop_ignore": iou_drop.mean(),
+            "fscore_drop_ignore": f_drop.mean(),
+            "miou_dataset": iou_ds.mean(),
+            "fscore_dataset": f_ds.mean(),
+            "miou_dataset_drop_ignore": iou_ds_drop.mean(),
+            "fscore_dataset_drop_ignore": f_ds_drop.mean(),
             "per_class_iou": per_class_iou,
             "per_class_fscore": per_class_f,
             "num_frames": self.num_frames.clone(),
