@@ -139,12 +139,14 @@ def _row(shard: int, works: list[ClipWork]) -> dict[str, Any]:
     return {"shard": shard, "works": pickle.dumps(works, protocol=5)}
 
 
-def decode_shard(row: dict[str, Any], storage: Storage, num_frames: int, frame_size: int) -> dict[str, Any]:
-    """Ray task: decode every clip of one shard; a clip that fails becomes a Reject."""
+def decode_shard(row: dict[str, Any], storage: Storage, num_frames: int | None, frame_size: int,
+                 deadline_s: float | None = None) -> dict[str, Any]:
+    """Ray task: decode every clip of one shard; a clip that fails becomes a Reject.
+    num_frames None (data.num_frames null for AVSBench AVSS): each clip's own T, from its label."""
     works = []
     for ref_json in json.loads(row["refs"]):
         ref = ClipRef(**ref_json)
-        out = decode_or_reject(ref, storage, num_frames, frame_size)
+        out = decode_or_reject(ref, storage, num_frames, frame_size, deadline_s)
         if isinstance(out, Reject):
             works.append(ClipWork(row["shard"], ref.clip_id, reject=out.to_dict()))
         else:
@@ -259,7 +261,8 @@ def build_shards(plans: list[ShardPlan], cfg: Config, storage: Storage, ds_url: 
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(
         decode_shard,
-        fn_kwargs={"storage": storage, "num_frames": cfg.data.num_frames, "frame_size": cfg.data.frame_size},
+        fn_kwargs={"storage": storage, "num_frames": cfg.data.num_frames, "frame_size": cfg.data.frame_size,
+                   "deadline_s": p.decode_deadline_s},
         num_cpus=p.task_cpus,
     )
     ds = ds.map(

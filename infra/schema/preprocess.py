@@ -25,10 +25,16 @@ class PreprocessConfig:
     actor_cpus: float = 0.75
     task_cpus: float = 0.25
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    # Per-clip deadline for decoding (download included): a clip with no result after this
+    # many seconds is rejected ("deadline exceeded") and its decoding process replaced, so no
+    # clip can stall a worker. null: decode in the worker itself, with no deadline.
+    decode_deadline_s: float | None = 120.0
 
     def __post_init__(self) -> None:
         if self.enrich_actors is not None and self.enrich_actors < 1:
             raise ValueError(f"preprocess.enrich_actors must be >= 1 or null, got {self.enrich_actors}")
+        if self.decode_deadline_s is not None and not self.decode_deadline_s > 0:
+            raise ValueError(f"preprocess.decode_deadline_s must be > 0 seconds or null, got {self.decode_deadline_s}")
         for key in ("actor_cpus", "task_cpus"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"preprocess.{key} must be > 0, got {getattr(self, key)}")

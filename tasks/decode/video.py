@@ -17,12 +17,17 @@ missing seconds repeat the last frame and the missing audio is silence;
 ``meta["padded_seconds"]`` and ``meta["audio_padded_seconds"]`` say how much. Shorter than
 that, or no video track, no audio track, zero frames, a file FFmpeg cannot read, a stream
 that breaks off or is shorter than its container declares: ClipDecodeError with the reason.
+
+FFmpeg's log messages never reach Python here (see :func:`_ffmpeg_logs_out_of_python`):
+a Python log callback called from FFmpeg's decoder threads can deadlock on a corrupt stream.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import posixpath
+import struct
 from fractions import Fraction
 from typing import Any
 
@@ -33,6 +38,7 @@ from infra.storage import Storage, is_remote
 from tasks.clip import SAMPLE_RATE, SPLITS, Clip, ClipDecodeError, ClipRef, Reject
 from tasks.decode.logmel import log_mel_examples
 
+DEFAULT_SECONDS = 5  # T for a plain video when the config leaves it to the source (AVSBench S4/MS3: 5)
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 # Files that may sit beside videos and are not clips: ignored when listing a video folder.
 # Anything else that is not a video extension is reported, not skipped.
@@ -130,49 +136,49 @@ def read_av(path: str, clip_id: str, num_seconds: int, frame_size: int) -> tuple
     """Frames uint8 [T, S, S, 3], audio float32 [T * 16000] and meta of one local video file."""
     import av
 
-    with _ffmpeg_errors():
-        container = _open(path, clip_id)
-        with container:
-            video_stream, audio_stream = _pick_streams(container, clip_id)
-            origin = _origin(container)
-            picker = _FramePicker(num_seconds, video_stream)
-            audio = _AudioTrack(origin, num_seconds)
-            try:
-                for packet in container.demux(video_stream, audio_stream):
-                    if packet.stream.index == video_stream.index:
-                        if not picker.done:
-                            for frame in packet.decode():
-                                picker.offer(frame, _time(frame), origin)
-                    elif not audio.done:
+    _ffmpeg_logs_out_of_python()
+    container = _open(path, clip_id)
+    with container:
+        video_stream, audio_stream = _pick_streams(container, clip_id)
+        origin = _origin(container)
+        picker = _FramePicker(num_seconds, video_stream)
+        audio = _AudioTrack(origin, num_seconds)
+        try:
+            for packet in container.demux(video_stream, audio_stream):
+                if packet.stream.index == video_stream.index:
+                    if not picker.done:
                         for frame in packet.decode():
-                            audio.add(frame, _time(frame))
-                    if picker.done and audio.done:
-                        break
-            except av.FFmpegError as e:
-                raise ClipDecodeError(
-                    clip_id,
-                    f"truncated or corrupt: decoding stopped after {picker.count} video frames "
-                    f"({float(picker.last_time or 0):.2f} s): {_ffmpeg_message(e)}",
-                ) from None
-            _check_complete(container, video_stream, picker, audio, clip_id)
-            frames = picker.frames(frame_size, clip_id)
-            samples, audio_seconds = audio.samples(clip_id)
-            meta = {
-                "reader": "video",
-                "container": container.format.name,
-                "video_codec": video_stream.codec_context.name,
-                "audio_codec": audio_stream.codec_context.name,
-                "source_fps": float(video_stream.average_rate) if video_stream.average_rate else None,
-                "source_size": [int(video_stream.codec_context.width), int(video_stream.codec_context.height)],
-                "source_sample_rate": int(audio_stream.codec_context.sample_rate or 0),
-                "source_channels": int(audio_stream.codec_context.layout.nb_channels),
-                "frame_times": [round(float(t), 4) for t in picker.best_time],
-                "rotation": int(picker.best[0].rotation or 0),
-                "video_seconds": round(float(picker.end_time), 3),
-                "audio_seconds": round(audio_seconds, 3),
-                "padded_seconds": picker.padded_seconds(),
-                "audio_padded_seconds": round(max(0.0, num_seconds - audio_seconds), 3),
-            }
+                            picker.offer(frame, _time(frame), origin)
+                elif not audio.done:
+                    for frame in packet.decode():
+                        audio.add(frame, _time(frame))
+                if picker.done and audio.done:
+                    break
+        except av.FFmpegError as e:
+            raise ClipDecodeError(
+                clip_id,
+                f"truncated or corrupt: decoding stopped after {picker.count} video frames "
+                f"({float(picker.last_time or 0):.2f} s): {_ffmpeg_message(e)}",
+            ) from None
+        _check_complete(container, video_stream, picker, audio, clip_id)
+        frames = picker.frames(frame_size, clip_id)
+        samples, audio_seconds = audio.samples(clip_id)
+        meta = {
+            "reader": "video",
+            "container": container.format.name,
+            "video_codec": video_stream.codec_context.name,
+            "audio_codec": audio_stream.codec_context.name,
+            "source_fps": float(video_stream.average_rate) if video_stream.average_rate else None,
+            "source_size": [int(video_stream.codec_context.width), int(video_stream.codec_context.height)],
+            "source_sample_rate": int(audio_stream.codec_context.sample_rate or 0),
+            "source_channels": int(audio_stream.codec_context.layout.nb_channels),
+            "frame_times": [round(float(t), 4) for t in picker.best_time],
+            "rotation": int(picker.best[0].rotation or 0),
+            "video_seconds": round(float(picker.end_time), 3),
+            "audio_seconds": round(audio_seconds, 3),
+            "padded_seconds": picker.padded_seconds(),
+            "audio_padded_seconds": round(max(0.0, num_seconds - audio_seconds), 3),
+        }
     return frames, samples, meta
 
 
@@ -183,27 +189,27 @@ def decode_audio(path: str, clip_id: str, num_seconds: int) -> tuple[np.ndarray,
     """
     import av
 
-    with _ffmpeg_errors():
-        container = _open(path, clip_id)
-        with container:
-            if not container.streams.audio:
-                raise ClipDecodeError(clip_id, f"no audio track in {posixpath.basename(path)}")
-            stream = container.streams.audio[0]
-            track = _AudioTrack(_origin(container), num_seconds)
-            try:
-                for frame in container.decode(stream):
-                    track.add(frame, _time(frame))
-                    if track.done:
-                        break
-            except av.FFmpegError as e:
-                raise ClipDecodeError(clip_id, f"truncated or corrupt audio: {_ffmpeg_message(e)}") from None
-            samples, seconds = track.samples(clip_id)
-            meta = {
-                "source_sample_rate": int(stream.codec_context.sample_rate or 0),
-                "source_channels": int(stream.codec_context.layout.nb_channels),
-                "audio_seconds": round(seconds, 3),
-                "audio_padded_seconds": round(max(0.0, num_seconds - seconds), 3),
-            }
+    _ffmpeg_logs_out_of_python()
+    container = _open(path, clip_id)
+    with container:
+        if not container.streams.audio:
+            raise ClipDecodeError(clip_id, f"no audio track in {posixpath.basename(path)}")
+        stream = container.streams.audio[0]
+        track = _AudioTrack(_origin(container), num_seconds)
+        try:
+            for frame in container.decode(stream):
+                track.add(frame, _time(frame))
+                if track.done:
+                    break
+        except av.FFmpegError as e:
+            raise ClipDecodeError(clip_id, f"truncated or corrupt audio: {_ffmpeg_message(e)}") from None
+        samples, seconds = track.samples(clip_id)
+        meta = {
+            "source_sample_rate": int(stream.codec_context.sample_rate or 0),
+            "source_channels": int(stream.codec_context.layout.nb_channels),
+            "audio_seconds": round(seconds, 3),
+            "audio_padded_seconds": round(max(0.0, num_seconds - seconds), 3),
+        }
     return samples, meta
 
 
@@ -278,25 +284,36 @@ def _encode_audio(out, stream, audio: np.ndarray, sample_rate: int) -> None:
 
 
 # -- internals -------------------------------------------------------------------------
-@contextlib.contextmanager
-def _ffmpeg_errors():
-    """Let FFmpeg's own error line ("moov atom not found") reach our exceptions, captured
-    here rather than printed. PyAV forwards nothing by default (level None); we raise it to
-    errors only, once, for the process."""
+_logging_warned = False
+
+
+def _ffmpeg_logs_out_of_python() -> None:
+    """Keep FFmpeg's log messages out of Python while we decode, in every process that does.
+
+    With a PyAV log level set, FFmpeg's log callback calls into Python and takes the GIL,
+    also from the decoder's own threads. A corrupt H.264 stream logs from those threads
+    ("error while decoding MB ..."), and when the stream is freed the thread that holds the
+    GIL waits for the decoder threads in ``avcodec_free_context`` while one of them waits
+    for the GIL in the callback: a deadlock with no CPU used (PyAV issues 751, 909, 367;
+    seen here in our own suite). PyAV's default (level None) installs a callback that never
+    touches Python, so we keep that, and restore it if something in the process changed it.
+    The price is FFmpeg's detail in error messages ("moov atom not found"); the reasons we
+    give are our own (see :func:`_open_failure`).
+    """
     import av.logging
 
-    if av.logging.get_level() is None:
-        av.logging.set_level(av.logging.ERROR)
-    with av.logging.Capture():
-        yield
+    global _logging_warned
+    if av.logging.get_level() is not None:
+        if not _logging_warned:
+            logging.getLogger(__name__).warning(
+                "PyAV log level was %s: set back to None while decoding (a Python log callback can "
+                "deadlock FFmpeg's decoder threads)", av.logging.get_level())
+            _logging_warned = True
+        av.logging.set_level(None)
 
 
 def _ffmpeg_message(e: Exception) -> str:
-    text = getattr(e, "strerror", None) or str(e)
-    logged = getattr(e, "log", None)
-    if logged and len(logged) >= 3 and logged[2]:
-        text = f"{text} ({str(logged[2]).strip()})"
-    return text
+    return getattr(e, "strerror", None) or str(e)
 
 
 def _open(path: str, clip_id: str):
@@ -317,11 +334,38 @@ def _open_failure(path: str, e: Exception) -> str:
     with open(path, "rb") as f:
         head = f.read(16)
     message = _ffmpeg_message(e)
+    if head[4:8] in _CONTAINER_MAGIC[0][1]:
+        missing = _mp4_missing_box(path, size)
+        return f"truncated or corrupt: {message}" + (f" ({missing})" if missing else "")
     if any(head[at : at + len(m)] == m for at, magics in _CONTAINER_MAGIC for m in magics):
         return f"truncated or corrupt: {message}"
     if len(head) >= 1 and head[0] == 0x47:  # MPEG-TS sync byte
         return f"truncated or corrupt: {message}"
     return f"not a video: FFmpeg finds no media container in it ({message})"
+
+
+def _mp4_missing_box(path: str, size: int) -> str | None:
+    """What an MP4/MOV file that FFmpeg cannot open lacks, from its top-level boxes: no moov
+    (the index, written last unless the file was made "faststart") or a box cut off by the
+    end of the file. None when the boxes look whole."""
+    boxes: list[bytes] = []
+    with open(path, "rb") as f:
+        at = 0
+        while at + 8 <= size:
+            f.seek(at)
+            length, kind = struct.unpack(">I4s", f.read(8))
+            if length == 1:  # 64-bit size follows
+                length = struct.unpack(">Q", f.read(8))[0]
+            elif length == 0:  # the box runs to the end of the file
+                length = size - at
+            if length < 8:
+                return f"corrupt box header at byte {at}"
+            boxes.append(kind)
+            if at + length > size:
+                cut = f"the {kind.decode('latin-1')!r} box at byte {at} is cut off at {size} of {at + length} bytes"
+                return cut if b"moov" in boxes else f"moov atom not found; {cut}"
+            at += length
+    return None if b"moov" in boxes else "moov atom not found"
 
 
 def _pick_streams(container, clip_id: str):
