@@ -37,7 +37,8 @@ import torch
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-MODELS = ("combo", "avsac", "tpavi")
+from models.build import FAMILIES, SIZES, build_model  # noqa: E402  (after the sys.path fix above)
+from models.losses import targets_from_masks  # noqa: E402
 
 
 def maxrss_mb() -> float:
@@ -46,8 +47,6 @@ def maxrss_mb() -> float:
 
 def clip_batch(b: int, t: int, size: int, num_classes: int = 1, device: str = "cpu", seed: int = 0):
     """Random frames, log-mel, Maskige and per-frame set targets of one clip batch."""
-    from models.losses import targets_from_masks
-
     g = torch.Generator().manual_seed(seed)
     frames = torch.rand(b, t, 3, size, size, generator=g)
     logmel = torch.randn(b, t, 96, 64, generator=g)
@@ -73,8 +72,6 @@ def as_float(outputs):
 
 def cpu_worker(name: str, channels_last: bool, b: int, t: int, size: int, steps: int) -> dict:
     """Build ``name`` and time forward + loss + backward; runs in its own process."""
-    from models.build import build_model
-
     frames, logmel, maskige, targets = clip_batch(b, t, size)
     base = maxrss_mb()
     model = build_model(name, num_classes=1, channels_last=channels_last)
@@ -109,8 +106,6 @@ def run_cpu_worker(name: str, channels_last: bool, args: argparse.Namespace) -> 
 
 
 def meta_params(name: str) -> int:
-    from models.build import build_model
-
     with torch.device("meta"):
         model = build_model(name, num_classes=1)
     return sum(p.numel() for p in model.parameters())
@@ -125,8 +120,6 @@ def train_step_time(
     name: str, bf16: bool, b: int = 8, t: int = 5, size: int = 224, steps: int = 5, device: str = "cuda"
 ) -> float:
     """Median seconds of one training step (fwd, loss in fp32, bwd, AdamW), after 2 warm-ups."""
-    from models.build import build_model
-
     model = build_model(name, num_classes=1, channels_last=True).to(device, memory_format=torch.channels_last)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -156,7 +149,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=5)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--no-cuda", action="store_true", help="skip the GPU section even when CUDA is available")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
@@ -186,7 +179,7 @@ def main() -> None:
         }
         print(f"{name}: {report[name]}", flush=True)
     for model in args.models:
-        for size in ("r50", "pvt_b5"):
+        for size in (s for s in SIZES if s != "tiny"):
             name = f"{model}_{size}"
             report[name] = {"params": meta_params(name)}
             print(f"{name}: {report[name]}", flush=True)

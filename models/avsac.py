@@ -42,17 +42,16 @@ equations, sizes and loss weights were not available, so each point below is our
 - AVFS: cosine alignment per frame of the final-layer AGV (mean over queries) with the frame's
   audio embedding (the audio part of the queries), which is detached by default so the visual
   side moves towards the audio and not the reverse; weight ``lambda_avfs = 1``.
-- Segmentation loss: BCE + dice (binary) or CE + dice (semantic), weights 1 and 1.
+- Segmentation loss and classes: S4 / MS3 one foreground channel, BCE + dice; AVSS C + 1
+  channels, CE + dice, background learned as class 0 (``models.segmentation_loss``); weights 1, 1.
 - Sizes: tiny D=64, 10 queries, 3 layers, 4 heads, FFN 256 (COMBO tiny's decoder sizes);
-  r50 / pvt_b5 D=256, 100 queries, 6 layers, 8 heads, FFN 2048.
+  r50 / pvt_b5 D=256, 100 queries, 6 layers, 8 heads, FFN 2048 (``models.build``).
 - ``use_audio=False``: no audio encoder, queries are the learned ones alone, no AVFS term.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -60,13 +59,8 @@ from torch import nn
 
 from models.audio_encoder import VGGishEncoder
 from models.pixel_decoder import FPNPixelDecoder, group_norm
-from models.tpavi import (
-    PixelMaskModel,
-    build_encoders,
-    class_map_from_targets,
-    reject_unknown_args,
-    segmentation_loss,
-)
+from models.pixel_mask_model import PixelMaskModel
+from models.segmentation_loss import class_map_from_targets, segmentation_loss
 from models.transformer_decoder import MLP, DecoderLayer, PositionEmbeddingSine
 
 
@@ -124,22 +118,6 @@ class BidirectionalAVDecoder(nn.Module):
             visual_memory = (1 - w) * visual + w * vga
             agv = agv_layer(agv, query_pos, visual_memory, visual_pos, None)
         return agv, vga
-
-
-@dataclass(frozen=True)
-class AVSACSize:
-    hidden_dim: int
-    num_queries: int
-    num_layers: int
-    num_heads: int
-    ffn_dim: int
-
-
-AVSAC_SIZES = {
-    "tiny": AVSACSize(64, 10, 3, 4, 256),  # as COMBO tiny: hidden 64, 10 queries, 3 layers
-    "r50": AVSACSize(256, 100, 6, 8, 2048),
-    "pvt_b5": AVSACSize(256, 100, 6, 8, 2048),
-}
 
 
 class AVSACModel(PixelMaskModel):
@@ -217,42 +195,6 @@ class AVSACModel(PixelMaskModel):
         None = no ground truth), the same call as ``COMBO.loss``."""
         ids, has_gt = class_map_from_targets(targets, outputs["masks"].shape[-2:], outputs["masks"].device)
         return avsac_loss(outputs, ids, has_gt, **kwargs)
-
-
-def build_avsac(
-    size: str,
-    num_classes: int = 1,
-    use_audio: bool = True,
-    freeze_audio: bool | None = None,
-    backbone_weights: str | os.PathLike | None = None,
-    vggish_weights: str | os.PathLike | None = None,
-    channels_last: bool = False,
-    **ignored: object,
-) -> AVSACModel:
-    """AVSAC of a named size ("tiny", "r50", "pvt_b5"), on the COMBO / TPAVI encoders
-    (``models.tpavi.ENCODER_SIZES``) with the BAVD of ``AVSAC_SIZES``. Arguments as COMBO's
-    builders (``models.build``).
-
-    ``ignored`` takes the COMBO-only switches of the shared model config (``use_maskige``,
-    ``fusion``); any other unknown name is an error.
-    """
-    reject_unknown_args("build_avsac", ignored)
-    backbone, audio, _ = build_encoders(size, use_audio, backbone_weights, vggish_weights, freeze_audio)
-    spec = AVSAC_SIZES[size]
-    model = AVSACModel(
-        backbone,
-        audio,
-        hidden_dim=spec.hidden_dim,
-        num_queries=spec.num_queries,
-        num_layers=spec.num_layers,
-        num_heads=spec.num_heads,
-        ffn_dim=spec.ffn_dim,
-        num_classes=num_classes,
-        channels_last=channels_last,
-    )
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def avfs_loss(agv: torch.Tensor, audio: torch.Tensor, detach_audio: bool = True) -> torch.Tensor:

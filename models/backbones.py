@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 STRIDES = (4, 8, 16, 32)
+# The normalisation ImageNet-trained weights expect of RGB in [0, 1]; every model applies it.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def read_state_dict(source: str | os.PathLike | Mapping[str, Any], what: str) -> dict[str, torch.Tensor]:

@@ -1,84 +1,234 @@
-"""Model builders and the registry, in the manner of segment-anything's ``sam_model_registry``.
+"""Every model's builders and sizes, and the registry, laid out as segment-anything's
+``build_sam.py``: a frozen size spec per model, one private builder per model family, public
+builders of a line or two, and ``model_registry`` naming them all.
 
-A size is nothing but the arguments its builder passes; ``combo_tiny`` runs the same code
-as ``combo_r50`` with small numbers. Every builder takes ``num_classes`` (1 for S4/MS3, C
-foreground classes for AVSS) and the ablation switches; ``build_model(name, **overrides)``
-calls it by name.
+A size is nothing but numbers: ``combo_tiny`` runs the same code as ``combo_r50``. Every
+builder takes ``num_classes`` (foreground classes: 1 for S4/MS3, C for AVSS), the ablation
+switches of the shared model config, and ``backbone_weights`` / ``vggish_weights`` (local
+paths; resolve s3:// first). ``build_model(name, **options)`` calls one by name.
 
     model = build_model("combo_tiny", num_classes=1, lambda_ada=0.0)
+
+``FAMILIES`` x ``SIZES`` are the names of ``model_registry``: import them rather than
+spelling the names again.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
-from models.audio_encoder import VGGishEncoder, load_vggish_weights
-from models.backbones import build_backbone
+from models.avsac import AVSACModel
 from models.bilateral_fusion import FUSION_MODES, BilateralFusion
 from models.combo import COMBO
+from models.encoders import EncoderSize, build_encoders, build_visual_backbone
 from models.losses import ComboLoss
 from models.pixel_decoder import FPNPixelDecoder
 from models.siam_encoder import SiamEncoder
+from models.tpavi import TPAVIModel
 from models.transformer_decoder import MaskedAttentionDecoder
 
 PathLike = str | os.PathLike
 
+FAMILIES = ("combo", "avsac", "tpavi")
+SIZES = ("tiny", "r50", "pvt_b5")
 
-def _build_combo(
-    *,
-    backbone: str,
-    backbone_kwargs: dict[str, Any],
-    hidden_dim: int,
-    num_queries: int,
-    num_decoder_layers: int,
-    num_heads: int,
-    ffn_dim: int,
-    vggish_widths: Sequence[int],
-    vggish_fc_dims: Sequence[int],
-    num_classes: int,
-    use_maskige: bool,
-    fusion: str,
-    use_audio: bool,
-    lambda_ada: float,
-    freeze_audio: bool,
-    vggish_weights: PathLike | None,
-    num_audio_tokens: int,
-    layer_scale_init: float,
-    weight_class: float,
-    weight_mask: float,
-    weight_dice: float,
-    no_object_weight: float,
-    num_points: int | None,
-    channels_last: bool,
-) -> COMBO:
+# ---- sizes ------------------------------------------------------------------------------------
+
+# tiny: a TinyCNN and a narrow VGGish, trained (there are no pretrained weights for them)
+TINY_ENCODERS = EncoderSize(
+    backbone="tiny",
+    backbone_kwargs=(("channels", (16, 32, 64, 128)),),
+    vggish_widths=(8, 16, 32, 32),
+    vggish_fc_dims=(128, 128),
+    freeze_audio=False,
+)
+# the real thing: timm backbones and the full VGGish, kept frozen (AVSBench, COMBO)
+R50_ENCODERS = EncoderSize(backbone="resnet50")
+PVT_B5_ENCODERS = EncoderSize(backbone="pvt_v2_b5")
+
+
+@dataclass(frozen=True)
+class ComboSize:
+    encoders: EncoderSize
+    hidden_dim: int  # D of the pixel decoder, fusion and decoder (COMBO: 256)
+    num_queries: int  # COMBO: 100
+    num_decoder_layers: int  # COMBO: 9
+    num_heads: int  # decoder and fusion heads (COMBO: 8)
+    ffn_dim: int  # decoder FFN (COMBO: 2048)
+    audio_mlp_dim: int  # hidden width of the audio MLP to the queries (COMBO: 4096)
+
+
+@dataclass(frozen=True)
+class AVSACSize:
+    encoders: EncoderSize
+    hidden_dim: int
+    num_queries: int
+    num_layers: int
+    num_heads: int
+    ffn_dim: int
+
+
+@dataclass(frozen=True)
+class TPAVISize:
+    encoders: EncoderSize
+    channel: int  # decoder width (AVSBench: 256)
+
+
+COMBO_TINY = ComboSize(
+    TINY_ENCODERS, hidden_dim=64, num_queries=10, num_decoder_layers=3, num_heads=4, ffn_dim=256, audio_mlp_dim=256
+)
+COMBO_R50 = ComboSize(
+    R50_ENCODERS, hidden_dim=256, num_queries=100, num_decoder_layers=9, num_heads=8, ffn_dim=2048, audio_mlp_dim=4096
+)
+COMBO_PVT_B5 = ComboSize(
+    PVT_B5_ENCODERS, hidden_dim=256, num_queries=100, num_decoder_layers=9, num_heads=8, ffn_dim=2048, audio_mlp_dim=4096
+)
+
+AVSAC_TINY = AVSACSize(TINY_ENCODERS, hidden_dim=64, num_queries=10, num_layers=3, num_heads=4, ffn_dim=256)
+AVSAC_R50 = AVSACSize(R50_ENCODERS, hidden_dim=256, num_queries=100, num_layers=6, num_heads=8, ffn_dim=2048)
+AVSAC_PVT_B5 = AVSACSize(PVT_B5_ENCODERS, hidden_dim=256, num_queries=100, num_layers=6, num_heads=8, ffn_dim=2048)
+
+TPAVI_TINY = TPAVISize(TINY_ENCODERS, channel=64)
+TPAVI_R50 = TPAVISize(R50_ENCODERS, channel=256)
+TPAVI_PVT_B5 = TPAVISize(PVT_B5_ENCODERS, channel=256)
+
+
+# ---- public builders ----------------------------------------------------------------------------
+
+
+def build_combo_tiny(**options: Any) -> COMBO:
+    """COMBO for CPU work: TinyCNN backbones, hidden 64, 10 queries, 3 decoder layers."""
+    return _build_combo(COMBO_TINY, **options)
+
+
+def build_combo_r50(**options: Any) -> COMBO:
+    """COMBO with timm ResNet-50 backbones, hidden 256, 100 queries, 9 layers, frozen VGGish."""
+    return _build_combo(COMBO_R50, **options)
+
+
+def build_combo_pvt_b5(**options: Any) -> COMBO:
+    """COMBO with timm PVT-v2-b5 backbones; otherwise as ``build_combo_r50``."""
+    return _build_combo(COMBO_PVT_B5, **options)
+
+
+def build_avsac_tiny(**options: Any) -> AVSACModel:
+    """AVSAC for CPU work: TinyCNN backbone, D=64, 10 queries, 3 BAVD layers."""
+    return _build_avsac(AVSAC_TINY, **options)
+
+
+def build_avsac_r50(**options: Any) -> AVSACModel:
+    """AVSAC with a timm ResNet-50 backbone, D=256, 100 queries, 6 BAVD layers."""
+    return _build_avsac(AVSAC_R50, **options)
+
+
+def build_avsac_pvt_b5(**options: Any) -> AVSACModel:
+    """AVSAC with a timm PVT-v2-b5 backbone; otherwise as ``build_avsac_r50``."""
+    return _build_avsac(AVSAC_PVT_B5, **options)
+
+
+def build_tpavi_tiny(**options: Any) -> TPAVIModel:
+    """TPAVI for CPU work: TinyCNN backbone, decoder width 64."""
+    return _build_tpavi(TPAVI_TINY, **options)
+
+
+def build_tpavi_r50(**options: Any) -> TPAVIModel:
+    """TPAVI with a timm ResNet-50 backbone, decoder width 256 (AVSBench's ResNet-50 TPAVI)."""
+    return _build_tpavi(TPAVI_R50, **options)
+
+
+def build_tpavi_pvt_b5(**options: Any) -> TPAVIModel:
+    """TPAVI with a timm PVT-v2-b5 backbone, decoder width 256."""
+    return _build_tpavi(TPAVI_PVT_B5, **options)
+
+
+model_registry: dict[str, Callable[..., nn.Module]] = {
+    "combo_tiny": build_combo_tiny,
+    "combo_r50": build_combo_r50,
+    "combo_pvt_b5": build_combo_pvt_b5,
+    "avsac_tiny": build_avsac_tiny,
+    "avsac_r50": build_avsac_r50,
+    "avsac_pvt_b5": build_avsac_pvt_b5,
+    "tpavi_tiny": build_tpavi_tiny,
+    "tpavi_r50": build_tpavi_r50,
+    "tpavi_pvt_b5": build_tpavi_pvt_b5,
+}
+
+
+def build_model(name: str, **options: Any) -> nn.Module:
+    """``model_registry[name](**options)``, with a clear error for an unknown name."""
+    if name not in model_registry:
+        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(sorted(model_registry))}")
+    return model_registry[name](**options)
+
+
+# ---- private builders ---------------------------------------------------------------------------
+
+
+def _check_num_classes(num_classes: int) -> None:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 (1 for S4/MS3, C for AVSS), got {num_classes}")
+
+
+def _finish(model: nn.Module, channels_last: bool) -> nn.Module:
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _build_combo(
+    size: ComboSize,
+    *,
+    num_classes: int = 1,
+    use_maskige: bool = True,
+    fusion: str = "bilateral",
+    use_audio: bool = True,
+    learn_background: bool = True,
+    lambda_ada: float = 10.0,
+    freeze_audio: bool | None = None,
+    backbone_weights: PathLike | None = None,
+    vggish_weights: PathLike | None = None,
+    layer_scale_init: float = 1e-4,
+    weight_class: float = 2.0,
+    weight_mask: float = 5.0,
+    weight_dice: float = 5.0,
+    no_object_weight: float = 0.1,
+    num_points: int | None = None,
+    channels_last: bool = False,
+) -> COMBO:
+    """COMBO of ``size``. Options:
+
+    num_classes: foreground classes C. use_maskige / fusion ("bilateral", "audio_to_visual") /
+    use_audio: the ablations. learn_background: COMBO's classes (C + 1 with the background a
+    class; default) or ours (C, background derived at inference). lambda_ada: consistency loss
+    weight (COMBO: 10). freeze_audio: None = the size's default. backbone_weights (loaded into
+    both Siam-Encoder backbones) / vggish_weights: local weight files. layer_scale_init:
+    fusion gammas (COMBO: 1e-4). weight_class / weight_mask / weight_dice / no_object_weight
+    (COMBO: 2, 5, 5, 0.1) and num_points (COMBO: 12544; None = every target pixel): the
+    Hungarian loss. channels_last: NHWC images and weights.
+    """
+    _check_num_classes(num_classes)
     if fusion not in FUSION_MODES:
         raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
-    frame_backbone = build_backbone(backbone, **backbone_kwargs)
-    # the Maskige backbone starts from the same weights file as the frame backbone, if any
-    maskige_backbone = build_backbone(backbone, **backbone_kwargs) if use_maskige else None
-    encoder = SiamEncoder(frame_backbone, maskige_backbone)
-    pixel_decoder = FPNPixelDecoder(encoder.channels, hidden_dim)
+    backbone, audio_encoder = build_encoders(size.encoders, use_audio, backbone_weights, vggish_weights, freeze_audio)
+    maskige_backbone = build_visual_backbone(size.encoders, backbone_weights) if use_maskige else None
+    encoder = SiamEncoder(backbone, maskige_backbone)
+    d = size.hidden_dim
+    label_space = num_classes + 1 if learn_background else num_classes
     decoder = MaskedAttentionDecoder(
-        hidden_dim, num_classes, num_queries, num_decoder_layers, num_heads=num_heads, ffn_dim=ffn_dim
+        d, label_space, size.num_queries, size.num_decoder_layers, num_heads=size.num_heads, ffn_dim=size.ffn_dim
     )
-    audio_encoder = fusion_module = None
-    if use_audio:
-        audio_encoder = VGGishEncoder(widths=vggish_widths, fc_dims=vggish_fc_dims, out_dim=128)
-        if vggish_weights is not None:
-            load_vggish_weights(audio_encoder, vggish_weights)
-        if freeze_audio:
-            audio_encoder.freeze()
+    fusion_module = None
+    if audio_encoder is not None:
         fusion_module = BilateralFusion(
-            hidden_dim, num_heads, mode=fusion, num_audio_tokens=num_audio_tokens, layer_scale_init=layer_scale_init
+            d, audio_encoder.out_dim, size.num_heads, mode=fusion, layer_scale_init=layer_scale_init
         )
     criterion = ComboLoss(
         num_classes,
+        learn_background=learn_background,
         lambda_ada=lambda_ada,
         weight_class=weight_class,
         weight_mask=weight_mask,
@@ -86,159 +236,74 @@ def _build_combo(
         no_object_weight=no_object_weight,
         num_points=num_points,
     )
-    return COMBO(
+    model = COMBO(
         encoder=encoder,
-        pixel_decoder=pixel_decoder,
+        pixel_decoder=FPNPixelDecoder(encoder.channels, d),
         decoder=decoder,
         audio_encoder=audio_encoder,
         fusion=fusion_module,
-        num_audio_tokens=num_audio_tokens,
+        audio_mlp_dim=size.audio_mlp_dim,
+        learn_background=learn_background,
         criterion=criterion,
         channels_last=channels_last,
     )
+    return _finish(model, channels_last)
 
 
-def build_combo_tiny(
+def _build_avsac(
+    size: AVSACSize,
+    *,
     num_classes: int = 1,
-    use_maskige: bool = True,
-    fusion: str = "bilateral",
     use_audio: bool = True,
-    lambda_ada: float = 10.0,
-    freeze_audio: bool = False,
-    vggish_weights: PathLike | None = None,
-    num_audio_tokens: int = 1,
-    layer_scale_init: float = 1e-4,
-    weight_class: float = 2.0,
-    weight_mask: float = 5.0,
-    weight_dice: float = 5.0,
-    no_object_weight: float = 0.1,
-    num_points: int | None = None,
-    channels_last: bool = False,
-    backbone_channels: Sequence[int] = (16, 32, 64, 128),
-    hidden_dim: int = 64,
-    num_queries: int = 10,
-    num_decoder_layers: int = 3,
-) -> COMBO:
-    """CPU-sized COMBO: TinyCNN backbones, hidden 64, 10 queries, 3 decoder layers, a narrow
-    VGGish (trained by default: there are no pretrained weights for it)."""
-    return _build_combo(
-        backbone="tiny",
-        backbone_kwargs={"channels": tuple(backbone_channels)},
-        hidden_dim=hidden_dim,
-        num_queries=num_queries,
-        num_decoder_layers=num_decoder_layers,
-        num_heads=4,
-        ffn_dim=4 * hidden_dim,
-        vggish_widths=(8, 16, 32, 32),
-        vggish_fc_dims=(128, 128),
-        **_common(locals()),
-    )
-
-
-def _common(kw: dict[str, Any]) -> dict[str, Any]:
-    keys = (
-        "num_classes", "use_maskige", "fusion", "use_audio", "lambda_ada", "freeze_audio", "vggish_weights",
-        "num_audio_tokens", "layer_scale_init", "weight_class", "weight_mask", "weight_dice", "no_object_weight",
-        "num_points", "channels_last",
-    )  # fmt: skip
-    return {k: kw[k] for k in keys}
-
-
-def _build_combo_full(backbone: str, backbone_weights: PathLike | None, kw: dict[str, Any]) -> COMBO:
-    return _build_combo(
-        backbone=backbone,
-        backbone_kwargs={"pretrained_path": backbone_weights},
-        hidden_dim=256,
-        num_queries=kw["num_queries"],
-        num_decoder_layers=kw["num_decoder_layers"],
-        num_heads=8,
-        ffn_dim=2048,
-        vggish_widths=(64, 128, 256, 512),
-        vggish_fc_dims=(4096, 4096),
-        **_common(kw),
-    )
-
-
-def build_combo_r50(
-    num_classes: int = 1,
-    use_maskige: bool = True,
-    fusion: str = "bilateral",
-    use_audio: bool = True,
-    lambda_ada: float = 10.0,
-    freeze_audio: bool = True,
-    vggish_weights: PathLike | None = None,
+    freeze_audio: bool | None = None,
     backbone_weights: PathLike | None = None,
-    num_audio_tokens: int = 1,
-    layer_scale_init: float = 1e-4,
-    weight_class: float = 2.0,
-    weight_mask: float = 5.0,
-    weight_dice: float = 5.0,
-    no_object_weight: float = 0.1,
-    num_points: int | None = None,
+    vggish_weights: PathLike | None = None,
     channels_last: bool = False,
-    num_queries: int = 100,
-    num_decoder_layers: int = 9,
-) -> COMBO:
-    """COMBO with ResNet-50 backbones (timm), hidden 256, 100 queries, 9 layers, full VGGish
-    (frozen, as in COMBO). Weight files are local paths (resolve s3:// first)."""
-    return _build_combo_full("resnet50", backbone_weights, locals())
-
-
-def build_combo_pvt_b5(
-    num_classes: int = 1,
     use_maskige: bool = True,
     fusion: str = "bilateral",
+) -> AVSACModel:
+    """AVSAC of ``size``; options as ``_build_combo``'s. ``use_maskige`` and ``fusion`` are
+    accepted so that one model config builds every family; AVSAC has neither part."""
+    _check_num_classes(num_classes)
+    backbone, audio_encoder = build_encoders(size.encoders, use_audio, backbone_weights, vggish_weights, freeze_audio)
+    model = AVSACModel(
+        backbone,
+        audio_encoder,
+        hidden_dim=size.hidden_dim,
+        num_queries=size.num_queries,
+        num_layers=size.num_layers,
+        num_heads=size.num_heads,
+        ffn_dim=size.ffn_dim,
+        num_classes=num_classes,
+        channels_last=channels_last,
+    )
+    return _finish(model, channels_last)
+
+
+def _build_tpavi(
+    size: TPAVISize,
+    *,
+    num_classes: int = 1,
     use_audio: bool = True,
-    lambda_ada: float = 10.0,
-    freeze_audio: bool = True,
-    vggish_weights: PathLike | None = None,
+    freeze_audio: bool | None = None,
     backbone_weights: PathLike | None = None,
-    num_audio_tokens: int = 1,
-    layer_scale_init: float = 1e-4,
-    weight_class: float = 2.0,
-    weight_mask: float = 5.0,
-    weight_dice: float = 5.0,
-    no_object_weight: float = 0.1,
-    num_points: int | None = None,
+    vggish_weights: PathLike | None = None,
     channels_last: bool = False,
-    num_queries: int = 100,
-    num_decoder_layers: int = 9,
-) -> COMBO:
-    """COMBO with PVT-v2-b5 backbones (timm); otherwise as ``build_combo_r50``."""
-    return _build_combo_full("pvt_v2_b5", backbone_weights, locals())
-
-
-def _avsac(size: str) -> Callable[..., nn.Module]:
-    def build(**kwargs: Any) -> nn.Module:
-        from models.avsac import build_avsac  # imported here: models/avsac.py is built separately
-
-        return build_avsac(size, **kwargs)
-
-    build.__name__ = f"build_avsac_{size}"
-    return build
-
-
-def _tpavi(size: str) -> Callable[..., nn.Module]:
-    def build(**kwargs: Any) -> nn.Module:
-        from models.tpavi import build_tpavi  # imported here: models/tpavi.py is built separately
-
-        return build_tpavi(size, **kwargs)
-
-    build.__name__ = f"build_tpavi_{size}"
-    return build
-
-
-model_registry: dict[str, Callable[..., nn.Module]] = {
-    "combo_tiny": build_combo_tiny,
-    "combo_r50": build_combo_r50,
-    "combo_pvt_b5": build_combo_pvt_b5,
-    **{f"avsac_{size}": _avsac(size) for size in ("tiny", "r50", "pvt_b5")},
-    **{f"tpavi_{size}": _tpavi(size) for size in ("tiny", "r50", "pvt_b5")},
-}
-
-
-def build_model(name: str, **overrides: Any) -> nn.Module:
-    """``model_registry[name](**overrides)``, with a clear error for an unknown name."""
-    if name not in model_registry:
-        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(sorted(model_registry))}")
-    return model_registry[name](**overrides)
+    tpavi_stages: Sequence[int] = (0, 1, 2, 3),
+    use_maskige: bool = True,
+    fusion: str = "bilateral",
+) -> TPAVIModel:
+    """TPAVI of ``size``; options as ``_build_combo``'s, plus ``tpavi_stages`` (AVSBench: all
+    four). ``use_maskige`` and ``fusion`` are accepted so that one model config builds every
+    family; TPAVI has neither part."""
+    _check_num_classes(num_classes)
+    backbone, audio_encoder = build_encoders(size.encoders, use_audio, backbone_weights, vggish_weights, freeze_audio)
+    model = TPAVIModel(
+        backbone,
+        audio_encoder,
+        channel=size.channel,
+        num_classes=num_classes,
+        tpavi_stages=tpavi_stages,
+        channels_last=channels_last,
+    )
+    return _finish(model, channels_last)

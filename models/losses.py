@@ -1,9 +1,11 @@
 """COMBO's losses: Hungarian set loss (class CE + mask BCE + dice, deep supervision) and the
-adaptive inter-frame consistency loss; ``ComboLoss`` puts them together.
+adaptive inter-frame consistency loss; ``ComboLoss`` puts them together. After COMBO's
+``modeling/criterion.py`` (S4 / MS3) and ``criterion_ss.py`` (AVSS), themselves Mask2Former's.
 
-Ground truth reaches the losses per frame as ``{"labels": n, "masks": n x H x W}``
-(``targets_from_masks`` builds these from class-id maps), or ``None`` for a frame without
-ground truth (S4 training clips annotate only their first frame).
+Ground truth reaches every model per frame as ``{"labels": n, "masks": n x H x W}``
+(``targets_from_masks`` builds these from class-id maps, background included, as COMBO's
+dataset mappers do), or ``None`` for a frame without ground truth (S4 training clips annotate
+only their first frame).
 """
 
 from __future__ import annotations
@@ -23,18 +25,19 @@ def targets_from_masks(
     ignore_index: int = 255,
     has_gt: Sequence[bool] | torch.Tensor | None = None,
 ) -> list[dict | None]:
-    """Per-frame set targets from class-id maps.
+    """Per-frame set targets from class-id maps, as COMBO's dataset mappers build them.
 
     Args:
         masks: ``N x H x W`` integer ids: 0 background, ``1..num_classes`` the classes (binary
             S4/MS3 ground truth is 0/1 with ``num_classes=1``), ``ignore_index`` ignored pixels.
-        num_classes: foreground classes C; id ``k`` becomes class label ``k - 1``.
+        num_classes: foreground classes C.
         ignore_index: id of pixels that belong to no instance.
         has_gt: optional N flags; frames flagged False get ``None`` (no supervision).
 
     Returns N entries ``{"labels": LongTensor[n], "masks": BoolTensor[n, H, W]}`` with one
-    instance per class present (so a binary frame gives one instance of class 0 when its mask
-    is non-empty, none when empty), or ``None``.
+    instance per class id present in the frame, the background (label 0) included, labels the
+    class ids themselves; or ``None``. Pixels that no instance covers are the ignored ones.
+    Models that do not learn the background take ``foreground_targets`` of these.
     """
     if masks.dim() != 3 or masks.is_floating_point():
         raise ValueError(f"masks must be an N x H x W integer tensor of class ids, got {masks.dtype} {tuple(masks.shape)}")
@@ -46,15 +49,28 @@ def targets_from_masks(
             targets.append(None)
             continue
         ids = torch.unique(frame)
-        ids = ids[(ids != 0) & (ids != ignore_index)]
+        ids = ids[ids != ignore_index]
         bad = ids[(ids < 0) | (ids > num_classes)]
         if bad.numel():
             raise ValueError(
-                f"mask {i} holds class ids {bad.tolist()} outside 1..{num_classes} (num_classes={num_classes}, "
+                f"mask {i} holds class ids {bad.tolist()} outside 0..{num_classes} (num_classes={num_classes}, "
                 f"ignore_index={ignore_index})"
             )
-        targets.append({"labels": ids - 1, "masks": frame[None] == ids[:, None, None]})
+        targets.append({"labels": ids, "masks": frame[None] == ids[:, None, None]})
     return targets
+
+
+def foreground_targets(targets: Sequence[dict | None]) -> list[dict | None]:
+    """``targets_from_masks`` output without the background instance, class id k -> label k - 1:
+    the label space of a model that does not learn the background."""
+    out: list[dict | None] = []
+    for target in targets:
+        if target is None:
+            out.append(None)
+            continue
+        keep = target["labels"] != 0
+        out.append({"labels": target["labels"][keep] - 1, "masks": target["masks"][keep.to(target["masks"].device)]})
+    return out
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
@@ -89,7 +105,10 @@ def uncertain_points(
 
 
 def _num_masks_across_workers(count: int, device: torch.device) -> float:
-    """Mean number of target masks per worker (DDP), at least 1: the normaliser Mask2Former uses."""
+    """Mean number of target masks per worker (DDP), at least 1: the normaliser Mask2Former uses.
+
+    A collective: under torch.distributed every rank must call it once per loss call, whatever
+    its batch holds (a rank without ground truth contributes 0)."""
     total = torch.tensor([float(count)], device=device)
     world = 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -106,16 +125,25 @@ class HungarianLoss(nn.Module):
     ``weight_class * CE(classes; no-object weighted no_object_weight)
     + weight_mask * BCE(matched masks) + weight_dice * dice(matched masks)``.
 
-    Args:
-        num_classes: foreground classes C (logits have C + 1 entries, last = no object).
-        num_points: if set, mask losses use this many points per mask chosen near the
-            boundary (Mask2Former); if None, predictions are upsampled to the target size.
+    The mask losses are normalised by the mean number of target masks per worker, an
+    all-reduce that every rank joins on every call; a rank whose frames carry no ground truth
+    joins it too and returns a zero loss that is still a function of every prediction, so DDP's
+    gradient all-reduce sees the same parameters on every rank (COMBO's criterion has no early
+    return; ours returned before the all-reduce on such a rank, and a multi-worker run hung).
 
-    ``forward(outputs, targets)``: ``outputs`` has ``pred_logits: N x Q x (C+1)``,
+    Args:
+        num_classes: classes K of the label space (logits have K + 1 entries, last = no object;
+            target labels in 0..K-1). COMBO: C + 1, background learned as class 0.
+        num_points: if set, mask losses use this many points per mask chosen near the
+            boundary (Mask2Former; COMBO: 12544); if None, predictions are upsampled to the
+            target size and every pixel counts.
+
+    ``forward(outputs, targets)``: ``outputs`` has ``pred_logits: N x Q x (K+1)``,
     ``pred_masks: N x Q x h x w`` and optionally ``aux_outputs``; ``targets`` is a list of N
     dicts (see ``targets_from_masks``) or ``None`` for frames without ground truth (skipped).
     Returns a dict: ``loss`` (weighted total, a scalar tensor), and unweighted parts
-    ``loss_ce``, ``loss_mask``, ``loss_dice`` (final layer) and ``loss_ce_{i}`` ... (aux i).
+    ``loss_ce``, ``loss_mask``, ``loss_dice`` (final layer) and ``loss_ce_{i}`` ... (aux i);
+    the same keys on every rank.
     """
 
     def __init__(
@@ -179,12 +207,19 @@ class HungarianLoss(nn.Module):
         if len(targets) != n:
             raise ValueError(f"HungarianLoss got {len(targets)} targets for {n} predicted frames")
         keep = [i for i, t in enumerate(targets) if t is not None]
-        device = outputs["pred_logits"].device
-        if not keep:
-            zero = outputs["pred_logits"].sum() * 0.0 + outputs["pred_masks"].sum() * 0.0
-            return {"loss": zero, "loss_ce": zero, "loss_mask": zero, "loss_dice": zero}
         kept_targets = [targets[i] for i in keep]
+        labels = [t["labels"] for t in kept_targets if t["labels"].numel()]
+        if labels and int(torch.cat([x.to("cpu") for x in labels]).max()) >= self.num_classes:
+            raise ValueError(f"target labels must be in 0..{self.num_classes - 1} (num_classes={self.num_classes})")
+        device = outputs["pred_logits"].device
+        # before any early return: the other ranks wait in this all-reduce
         num_masks = _num_masks_across_workers(sum(len(t["labels"]) for t in kept_targets), device)
+        layers = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+        if not keep:
+            # zero, but a function of every prediction: DDP then reduces the same gradients here
+            zero = sum(out[k].sum() * 0.0 for _, out in layers for k in ("pred_logits", "pred_masks"))
+            parts = ("loss_ce", "loss_mask", "loss_dice")
+            return {"loss": zero, **{k + suffix: zero for suffix, _ in layers for k in parts}}
 
         def select(out: dict) -> dict:
             if len(keep) == n:
@@ -194,7 +229,6 @@ class HungarianLoss(nn.Module):
 
         losses: dict[str, torch.Tensor] = {}
         total = 0.0
-        layers = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
         for suffix, out in layers:
             parts = self._single(select(out), kept_targets, num_masks)
             total = (
@@ -213,7 +247,9 @@ def adaptive_consistency_loss(mask_logits: torch.Tensor, num_frames: int | None 
 
     For consecutive frames t, t+1 of each clip: ``d = 1 - cos(m_t, m_{t+1})`` on the flattened
     mask logits, ``w = exp(-d)``; loss = ``sum over clips and pairs of d * w / (B * (T - 1))``.
-    ``w`` is not detached, as in COMBO's code.
+    ``w`` is not detached, as in COMBO's code (``SetCriterion.get_similarity_loss``, with
+    ``CosineEmbeddingLoss`` for d). COMBO reshapes by a hard-coded 5 frames, which on 10-frame
+    AVSS clips compares frames within each half and skips the pair (5, 6); ours uses the clip's T.
 
     What is flattened: ALL queries of a frame together (``Q * h * w`` values per frame), as
     COMBO's released criterion does. Every frame uses the same learned queries, so query q of
@@ -243,27 +279,41 @@ def adaptive_consistency_loss(mask_logits: torch.Tensor, num_frames: int | None 
 
 class ComboLoss(nn.Module):
     """COMBO's training loss: ``HungarianLoss`` + ``lambda_ada`` x the adaptive consistency loss
-    of every prediction (initial and each decoder layer), summed over them.
+    of the initial prediction and of decoder layers 1..L-1, summed over them; not of the final
+    layer L, as COMBO's decoder collects them (``middles_attn_mask`` skips the last layer).
+
+    Args:
+        num_classes: foreground classes C.
+        learn_background: COMBO's class setup: the Hungarian loss runs over C + 1 classes with
+            the background a class (id 0) and a mask target like any other; False (ours): C
+            foreground classes, the background instance dropped (``foreground_targets``).
+        lambda_ada: weight of the consistency loss (COMBO's ``COSINE_WEIGHT``: 10); 0 skips it.
+        hungarian_kwargs: the rest of ``HungarianLoss``'s arguments.
 
     ``forward(outputs, targets)``: the COMBO output dict (must carry ``num_frames``) and N = B*T
-    per-frame targets (``None`` where a frame has no ground truth; the consistency loss still
-    uses every frame). Returns the ``HungarianLoss`` dict plus ``loss_ada`` (unweighted sum over
-    layers) and ``loss_ada_{i}``, with ``loss`` the weighted total. ``lambda_ada = 0`` skips it.
+    per-frame targets of ``targets_from_masks`` (``None`` where a frame has no ground truth; the
+    consistency loss still uses every frame). Returns the ``HungarianLoss`` dict plus ``loss_ada``
+    (unweighted sum over layers) and ``loss_ada_{i}`` (i = 0 the initial prediction, i the
+    decoder layer i), with ``loss`` the weighted total.
     """
 
-    def __init__(self, num_classes: int, lambda_ada: float = 10.0, **hungarian_kwargs) -> None:
+    def __init__(
+        self, num_classes: int, learn_background: bool = True, lambda_ada: float = 10.0, **hungarian_kwargs
+    ) -> None:
         super().__init__()
-        self.hungarian = HungarianLoss(num_classes, **hungarian_kwargs)
+        self.learn_background = learn_background
+        self.hungarian = HungarianLoss(num_classes + 1 if learn_background else num_classes, **hungarian_kwargs)
         self.lambda_ada = lambda_ada
 
     def forward(self, outputs: dict, targets: Sequence[dict | None]) -> dict[str, torch.Tensor]:
-        losses = self.hungarian(outputs, targets)
+        losses = self.hungarian(outputs, targets if self.learn_background else foreground_targets(targets))
         if self.lambda_ada:
             if "num_frames" not in outputs:
                 raise KeyError("ComboLoss needs outputs['num_frames'] (T) for the consistency loss")
             num_frames = int(outputs["num_frames"])
-            layers = [*outputs.get("aux_outputs", []), outputs]
-            ada = [adaptive_consistency_loss(o["pred_masks"], num_frames) for o in layers]
+            ada = [adaptive_consistency_loss(o["pred_masks"], num_frames) for o in outputs.get("aux_outputs", [])]
+            if not ada:
+                raise ValueError("the consistency loss needs the initial prediction in outputs['aux_outputs']")
             for i, value in enumerate(ada):
                 losses[f"loss_ada_{i}"] = value
             losses["loss_ada"] = torch.stack(ada).sum()

@@ -5,7 +5,11 @@ frame's stage map:
     feat_i = frame_feat_i + SE_i(maskige_feat_i) * maskige_feat_i
 
 The two backbones run side by side (the Maskige map is added after each stage, not fed
-into the frame backbone's next stage), as in COMBO's released code.
+into the frame backbone's next stage), as in COMBO's released code (``MaskFormer.forward``,
+``channel_weighted_block``; the Maskige normalised with the frames' ImageNet mean and std).
+
+Where ours differs: the SE bottleneck has ``max(dim // 16, 4)`` units (COMBO: ``dim / 16``),
+so that tiny widths keep a usable gate; at COMBO's widths (256..2048) the two agree.
 """
 
 from __future__ import annotations

@@ -13,11 +13,10 @@ of a position depends only on its frame and the attention is linear, f @ g equal
 theta @ (phi^T @ g) / N; we compute it that way, O(N * C^2) instead of the O(N^2) matrix
 AVSBench builds, with the same result (a test checks it against the explicit matrix).
 
-Conventions shared with COMBO (``PixelMaskModel`` here, reused by ``models.avsac``): frames
-come in [0, 1] and are ImageNet-normalised inside; ``num_classes`` counts foreground classes, the
-output has 1 channel (binary foreground logit) or C + 1 (AVSS, background first); ``loss`` takes
-the per-frame set targets of ``models.losses.targets_from_masks``; ``segment`` gives what the
-metrics take.
+Classes, as AVSBench trains TPAVI: S4 / MS3 one foreground channel, sigmoid + binary
+cross-entropy; AVSS C + 1 = 71 channels, softmax + cross-entropy, background learned as class 0
+(``models.segmentation_loss``). Frames, targets and ``segment``: see
+``models.pixel_mask_model.PixelMaskModel``.
 
 Choices:
 - The optional audio-visual matching (AVM) regulariser of AVSBench (KL between audio and
@@ -27,241 +26,22 @@ Choices:
   no audio encoder is built then (no unused parameters for DDP).
 - Outputs are always at the input resolution; ``tpavi_loss`` resizes logits bilinearly to the
   ground truth's size when the two differ.
+- AVSS cross-entropy: AVSBench averages per frame, then over annotated frames; ours averages
+  over every counted pixel of the annotated frames (the same when frames are of one size and
+  no pixel is ignored), and skips ``ignore_index`` pixels.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.audio_encoder import VGGishEncoder, load_vggish_weights
-from models.backbones import build_backbone
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class EncoderSize:
-    """Encoder sizes shared by the TPAVI and AVSAC builders."""
-
-    backbone: str
-    backbone_kwargs: tuple = ()
-    vggish_widths: tuple[int, ...] = (64, 128, 256, 512)
-    vggish_fc_dims: tuple[int, ...] = (4096, 4096)
-    freeze_audio: bool = True  # default: pretrained VGGish stays fixed, as in AVSBench and COMBO
-    channel: int = 256  # TPAVI decoder width
-
-
-# The same encoders as COMBO's builders (models/build.py) at each size.
-ENCODER_SIZES = {
-    "tiny": EncoderSize("tiny", (("channels", (16, 32, 64, 128)),), (8, 16, 32, 32), (128, 128), False, 64),
-    "r50": EncoderSize("resnet50"),
-    "pvt_b5": EncoderSize("pvt_v2_b5"),
-}
-
-
-def build_encoders(
-    size: str,
-    use_audio: bool = True,
-    backbone_weights: str | os.PathLike | None = None,
-    vggish_weights: str | os.PathLike | None = None,
-    freeze_audio: bool | None = None,
-) -> tuple[nn.Module, VGGishEncoder | None, EncoderSize]:
-    """Visual backbone and (if ``use_audio``) VGGish encoder of a named size.
-
-    Weight files are local paths (resolve s3:// first); ``freeze_audio=None`` takes the size's
-    default (frozen for r50 / pvt_b5, trained for tiny, which has no pretrained weights).
-    """
-    if size not in ENCODER_SIZES:
-        raise ValueError(f"unknown model size {size!r}; valid sizes: {sorted(ENCODER_SIZES)}")
-    spec = ENCODER_SIZES[size]
-    kwargs = dict(spec.backbone_kwargs)
-    if backbone_weights is not None:
-        if spec.backbone == "tiny":
-            raise ValueError("backbone_weights are not supported for the tiny backbone")
-        kwargs["pretrained_path"] = backbone_weights
-    backbone = build_backbone(spec.backbone, **kwargs)
-    audio = None
-    if use_audio:
-        audio = VGGishEncoder(widths=spec.vggish_widths, fc_dims=spec.vggish_fc_dims, out_dim=128)
-        if vggish_weights is not None:
-            load_vggish_weights(audio, vggish_weights)
-        if spec.freeze_audio if freeze_audio is None else freeze_audio:
-            audio.freeze()
-    elif vggish_weights is not None:
-        raise ValueError("vggish_weights given but use_audio=False builds no audio encoder")
-    return backbone, audio, spec
-
-
-# Switches of the shared model config that only concern COMBO; the other builders accept them.
-COMBO_ONLY_ARGS = frozenset({"use_maskige", "fusion"})
-
-
-def reject_unknown_args(builder: str, ignored: dict) -> None:
-    unknown = set(ignored) - COMBO_ONLY_ARGS
-    if unknown:
-        raise TypeError(f"{builder} got unexpected arguments: {sorted(unknown)}")
-
-
-def class_map_from_targets(
-    targets: Sequence[dict | None], size: tuple[int, int], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame set targets (``models.losses.targets_from_masks``) -> class-id maps.
-
-    targets: N entries ``{"labels": n, "masks": n x H x W bool}`` or None (frame without ground
-    truth). Returns ``(ids: N x H x W long, 0 = background, label k -> id k + 1; has_gt: N bool)``.
-    Pixels the set targets left out (ignored ones included) become background.
-    """
-    ids = torch.zeros(len(targets), *size, dtype=torch.long, device=device)
-    has_gt = torch.zeros(len(targets), dtype=torch.bool, device=device)
-    for i, target in enumerate(targets):
-        if target is None:
-            continue
-        has_gt[i] = True
-        masks = target["masks"].to(device)
-        if masks.numel() and tuple(masks.shape[-2:]) != tuple(size):
-            raise ValueError(f"target {i} masks are {tuple(masks.shape[-2:])}, expected {tuple(size)}")
-        for label, mask in zip(target["labels"].tolist(), masks):
-            ids[i][mask.bool()] = int(label) + 1
-    return ids, has_gt
-
-
-def segmentation_loss(
-    logits: torch.Tensor,
-    gt: torch.Tensor,
-    gt_frames: torch.Tensor | None = None,
-    ignore_index: int = 255,
-    dice_weight: float = 0.0,
-) -> dict[str, torch.Tensor]:
-    """Per-pixel loss of mask logits on the annotated frames.
-
-    logits: N x K x h x w, N = B*T (K = 1: binary cross-entropy on the foreground logit;
-    K > 1: cross-entropy over channels, channel k = class id k, 0 = background);
-    gt: N x H x W or B x T x H x W, 0/1 (K = 1) or class ids (K > 1), ``ignore_index`` pixels
-    skipped; gt_frames: N (or B x T) bool, frames that carry ground truth (default: all).
-    Logits are resized bilinearly to H x W when they differ. BCE/CE are means over the counted
-    pixels; ``dice_weight > 0`` adds a soft dice (binary: foreground; semantic: mean over the
-    classes present) per frame, averaged over frames.
-    Returns ``{"loss_mask": ..., "loss_dice": ...}`` (dice only when weighted).
-    """
-    if gt.dim() == 4:
-        gt = gt.flatten(0, 1)
-    if gt.dim() != 3:
-        raise ValueError(f"gt must be N x H x W or B x T x H x W, got {tuple(gt.shape)}")
-    n = gt.shape[0]
-    if logits.dim() != 4 or logits.shape[0] != n:
-        raise ValueError(f"logits must be N x K x h x w with N = {n} frames, got {tuple(logits.shape)}")
-    if logits.shape[-2:] != gt.shape[-2:]:
-        logits = F.interpolate(logits, size=gt.shape[-2:], mode="bilinear", align_corners=False)
-    if gt_frames is not None:
-        keep = gt_frames.reshape(-1).bool()
-        if keep.numel() != n:
-            raise ValueError(f"gt_frames must flag {n} frames, got {tuple(gt_frames.shape)}")
-        if not bool(keep.any()):
-            zero = logits.sum() * 0.0  # no annotated frame in the batch: zero loss, graph kept
-            return {"loss_mask": zero, **({"loss_dice": zero} if dice_weight else {})}
-        logits, gt = logits[keep], gt[keep]
-    gt = gt.to(logits.device)
-    losses = {}
-    if logits.shape[1] == 1:
-        valid = gt != ignore_index
-        target = (gt == 1).to(logits.dtype)
-        bce = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
-        losses["loss_mask"] = (bce * valid).sum() / valid.sum().clamp(min=1)
-        if dice_weight:
-            prob = logits[:, 0].sigmoid() * valid
-            inter = (prob * target).flatten(1).sum(1)
-            denom = prob.flatten(1).sum(1) + (target * valid).flatten(1).sum(1)
-            losses["loss_dice"] = (1 - (2 * inter + 1) / (denom + 1)).mean()
-    else:
-        k = logits.shape[1]
-        valid = gt != ignore_index
-        if bool(((gt[valid] < 0) | (gt[valid] >= k)).any()):
-            raise ValueError(f"gt holds class ids outside [0, {k}) that are not ignore_index={ignore_index}")
-        losses["loss_mask"] = F.cross_entropy(logits, gt.long(), ignore_index=ignore_index)
-        if dice_weight:
-            prob = logits.softmax(1) * valid[:, None]
-            onehot = F.one_hot(torch.where(valid, gt.long(), 0), k).permute(0, 3, 1, 2) * valid[:, None]
-            inter = (prob * onehot).flatten(2).sum(2)
-            denom = prob.flatten(2).sum(2) + onehot.flatten(2).sum(2)
-            present = onehot.flatten(2).sum(2) > 0
-            dice = 1 - (2 * inter + 1) / (denom + 1)
-            losses["loss_dice"] = ((dice * present).sum(1) / present.sum(1).clamp(min=1)).mean()
-    return losses
-
-
-class PixelMaskModel(nn.Module):
-    """Shared plumbing of models that predict one logit map per class (TPAVI, AVSAC).
-
-    Args:
-        num_classes: foreground classes C; the model outputs ``out_channels`` maps: 1 (binary
-            foreground logit, S4 / MS3) when C = 1, else C + 1 (AVSS, channel 0 background,
-            channel k = class id k), the id convention of ``targets_from_masks``.
-        pixel_mean, pixel_std: normalisation of frames given in [0, 1].
-        channels_last: convert images to ``torch.channels_last`` before the backbone.
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        pixel_mean: Sequence[float] = IMAGENET_MEAN,
-        pixel_std: Sequence[float] = IMAGENET_STD,
-        channels_last: bool = False,
-    ) -> None:
-        super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = num_classes
-        self.out_channels = 1 if num_classes == 1 else num_classes + 1
-        self.channels_last = channels_last
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
-
-    @property
-    def use_audio(self) -> bool:
-        """Subclasses set self.audio_encoder = None when built without audio."""
-        return self.audio_encoder is not None
-
-    def check_inputs(self, frames: torch.Tensor, logmel: torch.Tensor | None, need_audio: bool) -> tuple[int, int]:
-        """Validate ``frames: B x T x 3 x H x W`` and ``logmel: B x T x 96 x 64``; return (B, T)."""
-        if frames.dim() != 5 or frames.shape[2] != 3:
-            raise ValueError(f"frames must be B x T x 3 x H x W, got {tuple(frames.shape)}")
-        b, t = frames.shape[:2]
-        if need_audio:
-            if logmel is None:
-                raise ValueError("logmel is required when the model uses audio")
-            if logmel.dim() != 4 or tuple(logmel.shape[:2]) != (b, t):
-                raise ValueError(f"logmel must be B x T x 96 x 64 with B={b}, T={t}, got {tuple(logmel.shape)}")
-        return b, t
-
-    def images(self, frames: torch.Tensor) -> torch.Tensor:
-        """``B x T x 3 x H x W`` in [0, 1] -> normalised ``(B*T) x 3 x H x W``."""
-        x = (frames.flatten(0, 1) - self.pixel_mean) / self.pixel_std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def encode_audio(self, audio_encoder: VGGishEncoder, logmel: torch.Tensor) -> torch.Tensor:
-        """``logmel: B x T x 96 x 64`` -> ``B x T x 128`` (no graph through a frozen encoder)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not audio_encoder.frozen):
-            return audio_encoder.forward_clip(logmel)
-
-    @torch.no_grad()
-    def segment(self, outputs: dict, out_size: tuple[int, int]) -> torch.Tensor:
-        """Per-pixel prediction at ``out_size``, the same contract as ``COMBO.segment``.
-
-        Binary: foreground logits ``N x H x W``; semantic: class probabilities
-        ``N x (C + 1) x H x W``, channel 0 background (``argmax`` gives the class-id map).
-        """
-        masks = outputs["masks"].float()
-        if tuple(masks.shape[-2:]) != tuple(out_size):
-            masks = F.interpolate(masks, size=tuple(out_size), mode="bilinear", align_corners=False)
-        return masks[:, 0] if self.out_channels == 1 else masks.softmax(1)
-
+from models.audio_encoder import VGGishEncoder
+from models.pixel_mask_model import PixelMaskModel
+from models.segmentation_loss import class_map_from_targets, segmentation_loss
 
 class TPAVIBlock(nn.Module):
     """Temporal pixel-wise audio-visual interaction (AVSBench TPAVI, "dot" mode).
@@ -424,33 +204,6 @@ class TPAVIModel(PixelMaskModel):
         None = no ground truth), the same call as ``COMBO.loss``."""
         ids, has_gt = class_map_from_targets(targets, outputs["masks"].shape[-2:], outputs["masks"].device)
         return tpavi_loss(outputs, ids, has_gt)
-
-
-def build_tpavi(
-    size: str,
-    num_classes: int = 1,
-    use_audio: bool = True,
-    freeze_audio: bool | None = None,
-    backbone_weights: str | os.PathLike | None = None,
-    vggish_weights: str | os.PathLike | None = None,
-    channels_last: bool = False,
-    tpavi_stages: Sequence[int] = (0, 1, 2, 3),
-    **ignored: object,
-) -> TPAVIModel:
-    """TPAVI of a named size ("tiny", "r50", "pvt_b5"): the encoders of ``ENCODER_SIZES``,
-    decoder width 256 (tiny: 64). Arguments as COMBO's builders (``models.build``).
-
-    ``ignored`` takes the switches of the shared model config that only concern COMBO
-    (``use_maskige``, ``fusion``); any other unknown name is an error.
-    """
-    reject_unknown_args("build_tpavi", ignored)
-    backbone, audio, spec = build_encoders(size, use_audio, backbone_weights, vggish_weights, freeze_audio)
-    model = TPAVIModel(
-        backbone, audio, channel=spec.channel, num_classes=num_classes, tpavi_stages=tpavi_stages, channels_last=channels_last
-    )
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def tpavi_loss(

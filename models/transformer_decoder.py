@@ -4,9 +4,15 @@ Learnable queries cycle round-robin over three feature scales (stride 32, 16, 8)
 layer: masked cross-attention (a query only sees pixels its previous mask prediction
 covers), then self-attention, then an FFN, each with a residual and a post-LayerNorm.
 Class and mask heads run on the initial queries and after every layer (deep supervision):
-``num_layers`` layers give ``num_layers + 1`` predictions. An optional per-frame audio
-vector is added to the content queries before the first prediction (COMBO's audio query
-fusion).
+``num_layers`` layers give ``num_layers + 1`` predictions (COMBO: 9 layers, its config's
+``DEC_LAYERS: 10`` counting the initial prediction). An optional per-frame audio vector is
+added to the content queries before the first prediction (COMBO's ``QUERIES_FUSE_TYPE: add``).
+
+Where ours differs from COMBO's ``MultiScaleMaskedTransformerDecoder``: COMBO repeats the
+audio over the queries and reshapes without a permute (``repeat(1, Q, 1).reshape(Q, -1, D)``),
+which hands query q of frame n the audio of frame ``(q * N + n) // Q``; here every query of
+frame n gets frame n's audio. COMBO's 1x1 input projections are identities at its sizes (the
+pixel decoder already gives D channels), as here.
 """
 
 from __future__ import annotations

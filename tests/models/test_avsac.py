@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from models.avsac import AVSACModel, BidirectionalAVDecoder, avfs_loss, avsac_loss, build_avsac
-from models.build import build_model
+from models.avsac import AVSACModel, BidirectionalAVDecoder, avfs_loss, avsac_loss
+from models.build import build_avsac_tiny, build_model
 from models.losses import targets_from_masks
-from models.tpavi import segmentation_loss
+from models.segmentation_loss import segmentation_loss
 
 torch.set_num_threads(1)
 
@@ -22,7 +22,7 @@ def clip(b=2, t=5, size=64, seed=0):
 @pytest.mark.parametrize("num_classes, channels", [(1, 1), (3, 4)])
 def test_output_shapes(t, num_classes, channels):
     torch.manual_seed(0)
-    model = build_avsac("tiny", num_classes=num_classes)
+    model = build_avsac_tiny(num_classes=num_classes)
     frames, logmel = clip(t=t)
     out = model(frames, logmel)
     assert out["masks"].shape == (2 * t, channels, 64, 64)
@@ -33,7 +33,7 @@ def test_output_shapes(t, num_classes, channels):
 
 def test_gradients_reach_every_trainable_parameter():
     torch.manual_seed(0)
-    model = build_avsac("tiny")
+    model = build_avsac_tiny()
     frames, logmel = clip()
     gt = (torch.rand(2, 5, 64, 64) > 0.5).long()
     avsac_loss(model(frames, logmel), gt)["loss"].backward()
@@ -68,7 +68,7 @@ def test_avfs_is_frame_wise():
 
 def test_avsac_loss_is_the_weighted_sum_of_its_parts():
     torch.manual_seed(0)
-    model = build_avsac("tiny")
+    model = build_avsac_tiny()
     frames, logmel = clip()
     with torch.no_grad():
         out = model(frames, logmel)
@@ -103,8 +103,8 @@ def test_bridges_link_both_branches():
 
 def test_use_audio_false_changes_outputs_and_ignores_logmel():
     torch.manual_seed(0)
-    with_audio = build_avsac("tiny").eval()
-    without = build_avsac("tiny", use_audio=False).eval()
+    with_audio = build_avsac_tiny().eval()
+    without = build_avsac_tiny(use_audio=False).eval()
     assert without.audio_encoder is None and without.audio_proj is None
     missing, unexpected = without.load_state_dict(with_audio.state_dict(), strict=False)
     assert not missing and all(k.startswith(("audio_encoder.", "audio_proj.")) for k in unexpected)
@@ -122,7 +122,7 @@ def test_use_audio_false_changes_outputs_and_ignores_logmel():
 
 def test_loss_from_set_targets():
     torch.manual_seed(0)
-    model = build_avsac("tiny", num_classes=2)
+    model = build_avsac_tiny(num_classes=2)
     frames, logmel = clip(b=1)
     ids = torch.randint(0, 3, (5, 64, 64))
     with torch.no_grad():
@@ -145,4 +145,4 @@ def test_parameter_counts_and_registry():
             assert not any(p.requires_grad for p in model.audio_encoder.parameters())  # frozen VGGish
     assert counts["tiny"] < 2_000_000 < counts["r50"] < counts["pvt_b5"]
     with pytest.raises(TypeError, match="num_points"):
-        build_avsac("tiny", num_points=12)
+        build_avsac_tiny(num_points=12)

@@ -60,36 +60,113 @@ def test_siam_encoder_without_maskige_is_the_frame_backbone():
     assert not any(n.startswith(("maskige_backbone", "se_blocks")) for n, _ in enc.named_parameters())
 
 
+def combo_bi_attention(fusion, visual, audio):
+    """COMBO's fusion as fuse_helper.py's BiAttentionBlock computes it, head by head and frame by
+    frame, in COMBO's roles: visual tokens are the queries, audio tokens the keys; both
+    directions take the softmax over the pixel axis; residuals on the normalised inputs."""
+    n, d, h, w = visual.shape
+    dh = fusion.head_dim
+    v = fusion.norm_visual(visual.flatten(2).transpose(1, 2) + fusion.level_embed)  # n x HW x D
+    a = fusion.norm_audio(audio)  # n x Na x A
+    pos_v = fusion.pos_visual(visual).flatten(2).transpose(1, 2)
+    msg_v = torch.zeros_like(v)
+    msg_a = torch.zeros(n, a.shape[1], d)
+    for i in range(n):
+        query = fusion.key_visual(v[i] + pos_v[i]) * dh**-0.5  # HW x D
+        key = fusion.query_audio(a[i] + fusion.pos_audio)  # Na x D
+        value_a, value_v = fusion.value_audio(a[i]), fusion.value_visual(v[i])
+        for head in range(fusion.num_heads):
+            c = slice(head * dh, (head + 1) * dh)
+            weights = (query[:, c] @ key[:, c].T).clamp(-50000, 50000)  # HW x Na
+            msg_v[i, :, c] = weights.softmax(dim=0) @ value_a[:, c]  # softmax over pixels
+            msg_a[i, :, c] = weights.T.softmax(dim=-1) @ value_v[:, c]  # over pixels too
+    v_out = v + fusion.gamma_visual * fusion.out_visual(msg_v)
+    a_out = a + fusion.gamma_audio * fusion.out_audio(msg_a)
+    return v_out.transpose(1, 2).reshape(n, d, h, w), a_out
+
+
+@pytest.mark.parametrize("num_audio_tokens", [1, 2])
+def test_bilateral_fusion_computes_combo_bi_attention(num_audio_tokens):
+    torch.manual_seed(0)
+    fusion = BilateralFusion(32, audio_dim=16, num_heads=4, num_audio_tokens=num_audio_tokens, layer_scale_init=0.7)
+    fusion.eval()  # no attention dropout
+    visual, audio = torch.randn(2, 32, 6, 5), torch.randn(2, num_audio_tokens, 16)
+    with torch.no_grad():
+        v, a = fusion(visual, audio)
+        v_ref, a_ref = combo_bi_attention(fusion, visual, audio)
+    torch.testing.assert_close(v, v_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a, a_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bilateral_fusion_visual_update_varies_across_pixels_with_one_audio_token():
+    torch.manual_seed(0)
+    fusion = BilateralFusion(32, audio_dim=16, num_heads=4, layer_scale_init=1.0).eval()
+    visual, audio = torch.randn(2, 32, 8, 8), torch.randn(2, 1, 16)
+    with torch.no_grad():
+        v, _ = fusion(visual, audio)
+        fusion.gamma_visual.zero_()
+        v_norm, _ = fusion(visual, audio)
+        update = (v - v_norm).flatten(2)  # N x D x HW
+        # a softmax over the pixels: a frame's updates sum to one whole audio message per head
+        message = fusion.value_audio(fusion.norm_audio(audio))[:, 0]  # N x D
+        expected_sum = message @ fusion.out_visual.weight.T + 64 * fusion.out_visual.bias
+    spread = (update - update.mean(dim=2, keepdim=True)).abs().mean()
+    assert spread > 0.05 * update.abs().mean()  # one audio token, yet the update differs per pixel
+    torch.testing.assert_close(update.sum(dim=2), expected_sum, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["bilateral", "audio_to_visual"])
+def test_every_fusion_parameter_receives_a_gradient(mode):
+    torch.manual_seed(0)
+    fusion = BilateralFusion(32, audio_dim=16, num_heads=4, mode=mode).train()
+    visual, audio = torch.randn(2, 32, 8, 8), torch.randn(2, 1, 16)
+    v, a = fusion(visual, audio)
+    g = torch.Generator().manual_seed(1)
+    loss = (v * torch.randn(v.shape, generator=g)).sum()
+    if mode == "bilateral":
+        loss = loss + (a * torch.randn(a.shape, generator=g)).sum()
+    loss.backward()
+    without = [n for n, p in fusion.named_parameters() if p.grad is None or not p.grad.any()]
+    assert without == []
+    # with the visual output alone, the shared logits still learn: the visual update reads them
+    if mode == "audio_to_visual":
+        assert fusion.query_audio.weight.grad.abs().sum() > 0 and fusion.key_visual.weight.grad.abs().sum() > 0
+
+
 def test_bilateral_fusion_shares_one_attention_matrix():
     torch.manual_seed(0)
-    bi = BilateralFusion(32, num_heads=4, mode="bilateral", num_audio_tokens=2, layer_scale_init=0.5).eval()
-    one_way = BilateralFusion(32, num_heads=4, mode="audio_to_visual", num_audio_tokens=2).eval()
+    kw = {"audio_dim": 16, "num_heads": 4, "num_audio_tokens": 2}
+    bi = BilateralFusion(32, mode="bilateral", layer_scale_init=0.5, **kw).eval()
+    one_way = BilateralFusion(32, mode="audio_to_visual", **kw).eval()
     result = one_way.load_state_dict(bi.state_dict(), strict=False)
     assert result.missing_keys == []
     assert sorted(result.unexpected_keys) == sorted(
         ["value_visual.weight", "value_visual.bias", "out_audio.weight", "out_audio.bias", "gamma_audio"]
     )
-    visual, audio = torch.randn(2, 32, 8, 8), torch.randn(2, 2, 32)
+    visual, audio = torch.randn(2, 32, 8, 8), torch.randn(2, 2, 16)
     with torch.no_grad():
         v_bi, a_bi = bi(visual, audio)
         v_one, a_one = one_way(visual, audio)
+        a_norm = bi.norm_audio(audio)
     assert v_bi.shape == visual.shape and a_bi.shape == audio.shape
     torch.testing.assert_close(v_bi, v_one)  # same visual update from the same weights
-    assert torch.equal(a_one, audio)  # one-directional: audio passes through
-    assert not torch.allclose(a_bi, audio)
+    assert torch.equal(a_one, a_norm)  # one-directional: audio leaves normalised, not updated
+    assert not torch.allclose(a_bi, a_norm)
     # the audio update attends over pixels with the same logits the visual update uses
     bi.out_audio.weight.data.zero_()
     bi.out_audio.bias.data.zero_()
     with torch.no_grad():
-        assert torch.equal(bi(visual, audio)[1], audio)
+        assert torch.equal(bi(visual, audio)[1], a_norm)
 
 
-def test_bilateral_fusion_layer_scale_starts_near_identity():
-    fusion = BilateralFusion(32, num_heads=4, layer_scale_init=0.0)
-    visual, audio = torch.randn(1, 32, 4, 4), torch.randn(1, 1, 32)
+def test_bilateral_fusion_layer_scale_starts_near_identity_on_normalised_inputs():
+    fusion = BilateralFusion(32, audio_dim=16, num_heads=4, layer_scale_init=0.0)
+    visual, audio = torch.randn(1, 32, 4, 4), torch.randn(1, 1, 16)
     v, a = fusion(visual, audio)
-    torch.testing.assert_close(v, visual)
-    torch.testing.assert_close(a, audio)
+    # as COMBO (and GLIP): the residual adds to LayerNorm(x), LayerNorm(a)
+    v_norm = fusion.norm_visual(visual.flatten(2).transpose(1, 2) + fusion.level_embed)
+    torch.testing.assert_close(v, v_norm.transpose(1, 2).reshape(1, 32, 4, 4))
+    torch.testing.assert_close(a, fusion.norm_audio(audio))
     assert BilateralFusion(32, num_heads=4).gamma_visual.abs().max() <= 1e-3
     with pytest.raises(ValueError, match="fusion mode"):
         BilateralFusion(32, mode="sideways")
@@ -129,31 +206,76 @@ def test_combo_tiny_output_shapes(b, t, size):
     with torch.no_grad():
         out = model(frames, logmel, maskige)
     n = b * t
-    assert out["pred_logits"].shape == (n, 10, 2)
+    assert out["pred_logits"].shape == (n, 10, 3)  # background, foreground, no object
     assert out["pred_masks"].shape == (n, 10, size // 4, size // 4)
     assert len(out["aux_outputs"]) == 3 and out["num_frames"] == t
     assert model.segment(out, (size, size)).shape == (n, size, size)
 
 
-def test_segment_binary_logit_matches_semantic_score():
+def _semantic_scores(out, size=(64, 64)):
+    """Mask2Former's semantic inference by hand: sum over queries of class prob x mask prob."""
+    probs = out["pred_logits"].softmax(-1)[..., :-1]  # N x Q x K
+    masks = torch.nn.functional.interpolate(out["pred_masks"], size=size, mode="bilinear").sigmoid()
+    return (probs[..., None, None] * masks[:, :, None]).sum(1)  # N x K x H x W
+
+
+def test_segment_binary_is_combos_foreground_against_background():
     model = tiny(num_classes=1).eval()
+    assert model.learn_background and model.decoder.num_classes == 2
     with torch.no_grad():
         out = model(*clip())
         logit = model.segment(out, (64, 64))
-    probs = out["pred_logits"].softmax(-1)[..., 0]  # N x Q, foreground class
-    masks = torch.nn.functional.interpolate(out["pred_masks"], size=(64, 64), mode="bilinear").sigmoid()
-    score = (probs[..., None, None] * masks).sum(1).clamp(1e-6, 1 - 1e-6)
-    torch.testing.assert_close(torch.sigmoid(logit), score, rtol=1e-4, atol=1e-5)
+    scores = _semantic_scores(out)  # N x 2 x H x W: background, foreground
+    # COMBO's evaluator: softmax over the two scores, channel 1, > 0.5
+    torch.testing.assert_close(torch.sigmoid(logit), scores.softmax(1)[:, 1], rtol=1e-4, atol=1e-6)
+    assert torch.equal(torch.sigmoid(logit) > 0.5, logit > 0)
+    decided = (scores[:, 1] - scores[:, 0]).abs() > 1e-5
+    assert torch.equal((logit > 0)[decided], (scores[:, 1] > scores[:, 0])[decided])
 
 
-def test_segment_semantic_has_background_first():
+def test_segment_semantic_scores_with_learned_background():
     model = tiny(num_classes=4).eval()
     with torch.no_grad():
         out = model(*clip(1, 10))
         scores = model.segment(out, (64, 64))
-    assert out["pred_logits"].shape == (10, 10, 5)
+    assert out["pred_logits"].shape == (10, 10, 6)  # background + 4 classes + no object
+    assert scores.shape == (10, 5, 64, 64)
+    torch.testing.assert_close(scores, _semantic_scores(out), rtol=1e-4, atol=1e-6)
+
+
+def test_segment_ours_derives_background():
+    binary = tiny(num_classes=1, learn_background=False).eval()
+    semantic = tiny(num_classes=4, learn_background=False).eval()
+    assert binary.decoder.num_classes == 1 and semantic.decoder.num_classes == 4
+    with torch.no_grad():
+        out = binary(*clip())
+        logit = binary.segment(out, (64, 64))
+        out4 = semantic(*clip(1, 10))
+        scores = semantic.segment(out4, (64, 64))
+    score = _semantic_scores(out)[:, 0].clamp(1e-6, 1 - 1e-6)
+    torch.testing.assert_close(torch.sigmoid(logit), score, rtol=1e-4, atol=1e-5)
     assert scores.shape == (10, 5, 64, 64)
     torch.testing.assert_close(scores[:, 0], (1 - scores[:, 1:].sum(1)).clamp(0, 1))
+
+
+def test_combo_loss_and_model_agree_on_the_classes():
+    model = tiny(num_classes=1, learn_background=False)
+    assert model.criterion.hungarian.num_classes == 1 and not model.criterion.learn_background
+    assert tiny(num_classes=1).criterion.hungarian.num_classes == 2
+    _full_loss(model)["loss"].backward()  # foreground-only targets reach a foreground-only head
+
+
+def test_each_frame_s_queries_get_that_frame_s_audio():
+    # COMBO's decoder hands query q of frame n the audio of frame (q * N + n) // Q; ours does not
+    model = tiny().eval()
+    frames, logmel, maskige = clip(1, 5)
+    other = logmel.clone()
+    other[0, 2] = torch.randn(96, 64, generator=torch.Generator().manual_seed(5)) * 10
+    with torch.no_grad():
+        a = model(frames, logmel, maskige)["pred_logits"]
+        b = model(frames, other, maskige)["pred_logits"]
+    changed = [(a[i] - b[i]).abs().max() > 1e-6 for i in range(5)]
+    assert changed == [False, False, True, False, False]
 
 
 def test_combo_frames_are_clip_major():
@@ -166,6 +288,7 @@ def test_combo_frames_are_clip_major():
 
 
 def _full_loss(model, b=2, t=5):
+    torch.manual_seed(0)  # the same fusion dropout for every model
     frames, logmel, maskige = clip(b, t)
     gt = torch.zeros(b * t, 64, 64, dtype=torch.long)
     gt[:, 16:40, 20:44] = 1

@@ -1,20 +1,13 @@
 """TPAVI baseline: shapes, the TPAVI block against the explicit non-local matrix, gradients,
 the audio ablation, losses and the builder."""
 
-import math
-
 import pytest
 import torch
 
-from models.build import build_model
+from models.build import build_model, build_tpavi_tiny
 from models.losses import targets_from_masks
-from models.tpavi import (
-    TPAVIBlock,
-    build_tpavi,
-    class_map_from_targets,
-    segmentation_loss,
-    tpavi_loss,
-)
+from models.segmentation_loss import class_map_from_targets
+from models.tpavi import TPAVIBlock, tpavi_loss
 
 torch.set_num_threads(1)
 
@@ -35,7 +28,7 @@ def wake_tpavi_blocks(model):
 @pytest.mark.parametrize("num_classes, channels", [(1, 1), (3, 4)])
 def test_output_shapes(t, num_classes, channels):
     torch.manual_seed(0)
-    model = build_tpavi("tiny", num_classes=num_classes)
+    model = build_tpavi_tiny(num_classes=num_classes)
     frames, logmel = clip(t=t)
     out = model(frames, logmel)
     assert out["masks"].shape == (2 * t, channels, 64, 64)
@@ -82,7 +75,7 @@ def test_tpavi_block_starts_as_layer_norm_and_rejects_bad_audio():
 
 def test_gradients_reach_every_trainable_parameter():
     torch.manual_seed(0)
-    model = build_tpavi("tiny")
+    model = build_tpavi_tiny()
     wake_tpavi_blocks(model)
     frames, logmel = clip()
     gt = (torch.rand(2, 5, 64, 64) > 0.5).long()
@@ -94,8 +87,8 @@ def test_gradients_reach_every_trainable_parameter():
 
 def test_use_audio_false_changes_outputs_and_ignores_logmel():
     torch.manual_seed(0)
-    with_audio = build_tpavi("tiny")
-    without = build_tpavi("tiny", use_audio=False)
+    with_audio = build_tpavi_tiny()
+    without = build_tpavi_tiny(use_audio=False)
     assert without.audio_encoder is None
     # Same weights wherever the two share a parameter; only the audio path differs.
     missing, unexpected = without.load_state_dict(with_audio.state_dict(), strict=False)
@@ -118,7 +111,7 @@ def test_parameter_counts_of_every_size():
     counts = {}
     for size in ("tiny", "r50", "pvt_b5"):
         with torch.device("meta"):  # construct only: no memory, no initialisation
-            model = build_tpavi(size)
+            model = build_model(f"tpavi_{size}")
         counts[size] = sum(p.numel() for p in model.parameters())
         backbone = sum(p.numel() for p in model.backbone.parameters())
         audio = sum(p.numel() for p in model.audio_encoder.parameters())
@@ -133,7 +126,7 @@ def test_parameter_counts_of_every_size():
 
 def test_frozen_audio_encoder_gets_no_gradient():
     torch.manual_seed(0)
-    model = build_tpavi("tiny", freeze_audio=True)
+    model = build_tpavi_tiny(freeze_audio=True)
     wake_tpavi_blocks(model)
     assert not any(p.requires_grad for p in model.audio_encoder.parameters())
     model.train()
@@ -144,38 +137,15 @@ def test_frozen_audio_encoder_gets_no_gradient():
     assert model.tpavi["0"].align.weight.grad is not None
 
 
-def test_segmentation_loss_counts_only_annotated_frames():
-    logits = torch.zeros(4, 1, 2, 2)
-    logits[1] = 3.0  # frame 1 is confident foreground
-    gt = torch.zeros(2, 2, 2, 2)  # B=2, T=2, all background
-    flags = torch.tensor([[True, False], [True, False]])  # frames 0 and 2 annotated
-    loss = segmentation_loss(logits, gt, flags)["loss_mask"]
-    assert float(loss) == pytest.approx(math.log(2), abs=1e-6)  # frame 1's error is not counted
-    everything = segmentation_loss(logits, gt)["loss_mask"]
-    expected = (3 * math.log(2) + math.log1p(math.exp(3.0))) / 4
-    assert float(everything) == pytest.approx(expected, abs=1e-6)
-    none = segmentation_loss(logits.requires_grad_(), gt, torch.zeros(2, 2, dtype=torch.bool))["loss_mask"]
-    assert float(none.detach()) == 0.0 and none.requires_grad
-
-
-def test_semantic_loss_ignores_label_and_resizes_logits():
-    logits = torch.zeros(1, 3, 2, 2)
-    logits[0, 2] = 10.0  # class 2 everywhere
-    gt = torch.tensor([[[2, 255], [255, 255]]])
-    assert float(segmentation_loss(logits, gt)["loss_mask"]) < 1e-3  # the one counted pixel is right
-    big = segmentation_loss(logits, torch.full((1, 4, 4), 2))["loss_mask"]  # logits resized to 4 x 4
-    assert float(big) < 1e-3
-    with pytest.raises(ValueError, match="outside"):
-        segmentation_loss(logits, torch.full((1, 2, 2), 5))
-
-
-def test_loss_from_set_targets_matches_loss_from_maps():
+@pytest.mark.parametrize("num_classes", [1, 3])  # S4/MS3: one sigmoid channel; AVSS: C + 1 with background 0
+def test_loss_from_set_targets_matches_loss_from_maps(num_classes):
     torch.manual_seed(0)
-    model = build_tpavi("tiny", num_classes=3)
+    model = build_tpavi_tiny(num_classes=num_classes)
+    assert model.out_channels == (1 if num_classes == 1 else num_classes + 1)
     frames, logmel = clip(b=1, t=5)
-    ids = torch.randint(0, 4, (5, 64, 64))
+    ids = torch.randint(0, num_classes + 1, (5, 64, 64))
     has_gt = [True, False, True, True, False]
-    targets = targets_from_masks(ids, 3, has_gt=has_gt)
+    targets = targets_from_masks(ids, num_classes, has_gt=has_gt)
     back, flags = class_map_from_targets(targets, (64, 64), torch.device("cpu"))
     assert flags.tolist() == has_gt
     assert torch.equal(back[flags], ids[flags])
@@ -190,10 +160,10 @@ def test_registry_builds_tpavi_and_bad_arguments_fail_clearly():
     model = build_model("tpavi_tiny", num_classes=1, use_maskige=False, fusion="bilateral")
     assert model.out_channels == 1
     with pytest.raises(TypeError, match="lambda_ada"):
-        build_tpavi("tiny", lambda_ada=10.0)
-    with pytest.raises(ValueError, match="unknown model size"):
-        build_tpavi("huge")
-    model = build_tpavi("tiny")
+        build_tpavi_tiny(lambda_ada=10.0)
+    with pytest.raises(KeyError, match="unknown model 'tpavi_huge'"):
+        build_model("tpavi_huge")
+    model = build_tpavi_tiny()
     frames, logmel = clip()
     with pytest.raises(ValueError, match="frames must be"):
         model(frames[:, :, :2], logmel)
@@ -205,7 +175,7 @@ def test_registry_builds_tpavi_and_bad_arguments_fail_clearly():
 
 def test_channels_last_gives_the_same_masks():
     torch.manual_seed(0)
-    model = build_tpavi("tiny").eval()
+    model = build_tpavi_tiny().eval()
     wake_tpavi_blocks(model)
     frames, logmel = clip()
     expected = model(frames, logmel)["masks"]

@@ -1,0 +1,66 @@
+"""The encoders every model shares: a visual backbone and the VGGish audio encoder.
+
+``EncoderSize`` says which backbone and how wide a VGGish; the named sizes themselves (tiny,
+r50, pvt_b5) are in ``models.build``, beside the rest of each model's size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from models.audio_encoder import VGGishEncoder, load_vggish_weights
+from models.backbones import Backbone, build_backbone
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class EncoderSize:
+    """Args:
+    backbone: ``models.backbones.build_backbone`` name: "tiny", "resnet50", "pvt_v2_b5".
+    backbone_kwargs: further (name, value) pairs for it (TinyCNN widths).
+    vggish_widths, vggish_fc_dims: VGGish conv widths and hidden FC widths.
+    freeze_audio: default of ``freeze_audio``: keep the VGGish fixed (as AVSBench and COMBO
+        do with the pretrained one) or train it (tiny: there are no pretrained weights for it).
+    """
+
+    backbone: str
+    backbone_kwargs: tuple[tuple[str, object], ...] = ()
+    vggish_widths: tuple[int, ...] = (64, 128, 256, 512)
+    vggish_fc_dims: tuple[int, ...] = (4096, 4096)
+    freeze_audio: bool = True
+
+
+def build_visual_backbone(size: EncoderSize, weights: PathLike | None = None) -> Backbone:
+    """The backbone of ``size``, with ``weights`` (a local path; resolve s3:// first) if given."""
+    kwargs = dict(size.backbone_kwargs)
+    if weights is not None:
+        if size.backbone == "tiny":
+            raise ValueError("backbone_weights are not supported for the tiny backbone")
+        kwargs["pretrained_path"] = weights
+    return build_backbone(size.backbone, **kwargs)
+
+
+def build_encoders(
+    size: EncoderSize,
+    use_audio: bool = True,
+    backbone_weights: PathLike | None = None,
+    vggish_weights: PathLike | None = None,
+    freeze_audio: bool | None = None,
+) -> tuple[Backbone, VGGishEncoder | None]:
+    """Visual backbone and (if ``use_audio``) VGGish encoder (``B x T x 96 x 64 -> B x T x 128``).
+
+    Weight files are local paths; ``freeze_audio=None`` takes the size's default.
+    """
+    backbone = build_visual_backbone(size, backbone_weights)
+    if not use_audio:
+        if vggish_weights is not None:
+            raise ValueError("vggish_weights given but use_audio=False builds no audio encoder")
+        return backbone, None
+    audio = VGGishEncoder(widths=size.vggish_widths, fc_dims=size.vggish_fc_dims, out_dim=128)
+    if vggish_weights is not None:
+        load_vggish_weights(audio, vggish_weights)
+    if size.freeze_audio if freeze_audio is None else freeze_audio:
+        audio.freeze()
+    return backbone, audio
