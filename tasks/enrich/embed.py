@@ -20,14 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from infra.schema.enrich import EmbedConfig
+from models.backbones import IMAGENET_MEAN, IMAGENET_STD  # DINO was trained on ImageNet-normalised inputs
 from tasks.clip import check_frames
 from tasks.enrich.maskige import chroma_object_labels, chromaticity
 
 log = logging.getLogger(__name__)
 
-# DINO was trained on ImageNet-normalised inputs.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_VIT = {"embed_dim": 48, "depth": 2, "num_heads": 3}
 CLASSICAL_VERSION = "chroma-objects-shape-kme-v1"
 
