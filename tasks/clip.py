@@ -59,7 +59,7 @@ class Clip:
 
     frames:   uint8 [T, H, W, 3], RGB, one frame per second.
     audio:    float32 [N], mono, 16 kHz, N = T * 16000 (zero padded when the source is shorter).
-    logmel:   float32 [T, 96, 64], VGGish-framed log-mel, one example per second.
+    logmel:   float32 [T, 96, 64], VGGish log-mel, one example per frame (framing: tasks.decode.logmel).
     masks:    uint8 [T, H, W] or None. Binary {0, 1} for S4/MS3, class ids (0 = background)
               for AVSS. Frames without ground truth hold zeros and are marked False in gt_frames.
     gt_frames: which of the T frames carry ground truth.

@@ -31,10 +31,11 @@ import numpy as np
 from infra.config import Config, config_hash, to_dict
 from infra.storage import Storage, absolute, join, require_shared
 from tasks.clip import Clip, ClipRef, Reject
-from tasks.shards.manifest import Manifest, read_manifest, write_manifest
-from tasks.enrich.pairs import mine_pairs, write_pairs
-from tasks.shards.schema import SCHEMA_VERSION, clip_to_sample, read_shard, sample_key, shard_name, write_shard
+from tasks.decode.logmel import DEFAULT_FRAMING
 from tasks.decode.sources import decode_or_reject, list_avsbench, list_videos
+from tasks.enrich.pairs import mine_pairs, write_pairs
+from tasks.shards.manifest import Manifest, read_manifest, write_manifest
+from tasks.shards.schema import SCHEMA_VERSION, clip_to_sample, read_shard, sample_key, shard_name, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def content_config(cfg: Config) -> dict[str, Any]:
     p = cfg.preprocess
     return {
         "schema": SCHEMA_VERSION,
-        "decode": {k: getattr(cfg.data, k) for k in ("setting", "num_frames", "frame_size")},
+        "decode": {**{k: getattr(cfg.data, k) for k in ("setting", "num_frames", "frame_size")},
+                   "logmel_framing": DEFAULT_FRAMING},
         "maskige": to_dict(p.maskige),
         "embed": to_dict(p.embed),
         "shards": to_dict(p.shards),

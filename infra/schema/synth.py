@@ -24,7 +24,9 @@ class SynthConfig:
     frame_height: int = 128  # pixels; even, because H.264 in yuv420p needs even sizes
     frame_width: int = 128
     num_seconds: int = 5  # T of S4 / MS3 clips (AVSBench: 5)
-    avss_num_seconds: int = 5  # T of AVSS clips: < 10 gives labels v1s / v1m, >= 10 gives v2
+    # T of AVSS clips: < 10 gives labels v1s / v1m, >= 10 gives v2. AVSBench-semantic has 5 (v1s / v1m)
+    # and 10 (v2), and its reader lists 5 or 10 frames by label: keep to 5 or 10 for the AVSBench layout.
+    avss_num_seconds: int = 5
     num_train_clips: int = 32  # clips per split, for each setting
     num_val_clips: int = 8
     num_test_clips: int = 8

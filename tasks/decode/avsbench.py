@@ -14,18 +14,38 @@ MS3 (``AVSBench_object/Multi-sources/``)
     ``ms3_data/visual_frames/{name}/{name}.mp4_{k}.png`` (not split-nested); wav, log-mel and
     masks under ``ms3_data/{audio_wav,audio_log_mel,gt_masks}/{split}/``; masks k = 1..5.
 AVSS (``AVSBench_semantic/``)
-    ``metadata.csv`` (uid, label = v1s | v1m | v2, split); ``label2idx.json`` (name -> id,
-    71 entries with background 0); per clip ``{label}/{uid}/frames/{i}.jpg`` with i from 0
+    ``metadata.csv`` (uid, label = v1s | v1m | v2, split); ``label2idx.json`` (class names,
+    71 entries, background first); per clip ``{label}/{uid}/frames/{i}.jpg`` with i from 0
     (5 frames for v1s / v1m, 10 for v2), ``labels_semantic/{i}.png`` (class ids) or
     ``labels_rgb/{i}.png`` (colour-coded with the VOC-style palette), ``audio.wav``.
     v1s train clips carry ground truth on frame 0 only.
 
+Class ids (AVSS): a class's id is its *position* in ``label2idx.json``'s key order (JSON
+object order, which :func:`json.loads` keeps), background first = 0; the values are not
+used. This is how AVSBench (``avs_scripts/avss/color_dataloader.py``: the palette row of
+class j is colour j, names from ``keys()``) and COMBO (``register_avss_sem.py``:
+``stuff_classes`` from ``keys()``) read the file, and the released file has 1-based values
+(``"background": 1``), so taking the values as ids would shift every class by one. Values
+that are neither 0-based nor 1-based consecutive in key order are warned about (once per
+file), never used. labels_semantic pixels hold these 0-based ids, 255 = ignore.
+
+T per clip (``num_frames``): an int decodes every clip to that many frames. ``None`` follows
+the clip: S4 / MS3 5; AVSS by its label (``AVSS_FRAMES``: v1s / v1m 5, v2 10; a label we do
+not know: the frames listed), as AVSBench and COMBO train and score them (all 10 v2 frames).
+
 Masks: S4/MS3 masks are grayscale 0/255 PNGs, binarised to {0, 1} (>= 128; palette PNGs:
 index != 0). AVSS masks hold class ids, 255 = ignore, kept as is. A mask whose size differs
-from its frame is rejected, not resized. Log-mel pickles are untrusted and go through
-:mod:`tasks.decode.safe_pickle`; the wav is always read too (for ``Clip.audio``), and is the
-log-mel source when no pickle exists. Note: AVSBench's pickles step examples by 0.96 s
-(VGGish), ours by 1 s; a pickle is used as it is (``meta["logmel_source"]``).
+from its frame is rejected, not resized.
+
+Log-mel: S4/MS3 pickles are untrusted and go through :mod:`tasks.decode.safe_pickle`; a
+pickle is used as it is (AVSBench made them with ``vggish_input.wavfile_to_examples``:
+VGGish framing, examples every 0.96 s). The wav is always read too (for ``Clip.audio``) and
+is the log-mel source where no pickle exists, always for AVSS (AVSBench computes AVSS
+features from ``audio.wav`` the same way): :func:`tasks.decode.logmel.log_mel_examples` with
+its default framing, VGGish's (0.96 s steps, 0.96 s examples, 10 ms hop, 25 ms window, 64
+mel bands 125-7500 Hz, log(mel + 0.01)), so wav-made and pickled log-mels agree and a
+pretrained VGGish sees what it was trained on. ``meta["logmel_source"]`` says which was used
+(pickle | wav | pickle+wav), ``meta["logmel_framing"]`` the framing of the wav-made part.
 
 More frames than T: the first T are used. Fewer: the last frame repeats, without ground
 truth, and ``meta["padded_seconds"]`` counts them (AVSBench's own AVSS loader pads with black).
@@ -35,6 +55,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import posixpath
 from collections import defaultdict
@@ -45,7 +66,7 @@ from PIL import Image
 
 from infra.storage import Storage, is_remote, join
 from tasks.clip import SAMPLE_RATE, SPLITS, Clip, ClipDecodeError, ClipRef, Reject
-from tasks.decode.logmel import log_mel_examples
+from tasks.decode.logmel import DEFAULT_FRAMING, log_mel_examples
 from tasks.decode.safe_pickle import UnsafePickleError, load_array
 from tasks.decode.video import decode_audio, resize_rgb
 
@@ -61,6 +82,8 @@ OBJECT_FRAMES = 5  # S4 and MS3 clips: 5 seconds, one frame per second
 AVSS_FRAMES = {"v1s": 5, "v1m": 5, "v2": 10}
 IGNORE_ID = 255
 _MAX_NAMED_MISSING = 4
+
+log = logging.getLogger(__name__)
 
 
 # -- where a setting lives --------------------------------------------------------------
@@ -262,8 +285,26 @@ def _list_avss(base, storage, wanted, files):
 
 
 # -- decoding --------------------------------------------------------------------------
-def decode(ref: ClipRef, storage: Storage, num_frames: int, frame_size: int) -> Clip:
-    """The Clip of one AVSBench clip: see the module docstring for what is read and how."""
+def avss_subset(ref: ClipRef) -> str:
+    """The AVSS label (v1s | v1m | v2) of a clip: the folder its clip folder lies in."""
+    return posixpath.basename(posixpath.dirname(ref.uri.replace(os.sep, "/").rstrip("/")))
+
+
+def clip_num_frames(ref: ClipRef) -> int:
+    """T of one AVSBench clip as the data set has it: S4 / MS3 5; AVSS by its label
+    (v1s / v1m 5, v2 10), or the frames listed for a label we do not know."""
+    setting = ref.kind.removeprefix("avsbench_")
+    if setting == "avss":
+        count = AVSS_FRAMES.get(avss_subset(ref))
+        return count if count is not None else sum(1 for k in ref.members if k.startswith("frame_"))
+    return OBJECT_FRAMES
+
+
+def decode(ref: ClipRef, storage: Storage, num_frames: int | None, frame_size: int) -> Clip:
+    """The Clip of one AVSBench clip: see the module docstring for what is read and how.
+
+    num_frames: T, or None for the clip's own T (:func:`clip_num_frames`).
+    """
     setting = ref.kind.removeprefix("avsbench_")
     if setting not in ("s4", "ms3", "avss"):
         raise ClipDecodeError(ref.clip_id, f"unknown AVSBench kind {ref.kind!r}")
@@ -271,6 +312,9 @@ def decode(ref: ClipRef, storage: Storage, num_frames: int, frame_size: int) -> 
     source_frames = sum(1 for k in ref.members if k.startswith("frame_"))
     if source_frames == 0:
         raise ClipDecodeError(ref.clip_id, "zero frames: the clip lists no frame files")
+    t_from = "config"
+    if num_frames is None:
+        num_frames, t_from = clip_num_frames(ref), ("label" if setting == "avss" else "setting")
     used = min(num_frames, source_frames)
     classes = _label2idx(storage, ref.members["label2idx"], ref.clip_id) if setting == "avss" else None
 
@@ -308,19 +352,21 @@ def decode(ref: ClipRef, storage: Storage, num_frames: int, frame_size: int) -> 
     mask_array = np.stack(masks).astype(np.uint8)
     labels = list(ref.labels)
     if classes:
-        names = {v: k for k, v in classes.items()}
+        names = list(classes)  # id = position
         present = np.unique(mask_array[np.asarray(gt)]) if any(gt) else []
         labels = [names[int(c)] for c in present if int(c) not in (0, IGNORE_ID)]
     meta: dict[str, Any] = {
         "reader": "avsbench",
         "source_frames": source_frames,
+        "num_frames_from": t_from,  # config (data.num_frames) | label (AVSS subset) | setting (S4/MS3: 5)
         "source_size": source_size,
         "padded_seconds": padded,
         "logmel_source": logmel_source,
+        "logmel_framing": None if logmel_source == "pickle" else DEFAULT_FRAMING,  # None: the pickle as stored
         **audio_meta,
     }
     if setting == "avss":
-        meta["avss_subset"] = posixpath.basename(posixpath.dirname(ref.uri.rstrip("/")))
+        meta["avss_subset"] = avss_subset(ref)
     return Clip(
         clip_id=ref.clip_id,
         frames=np.stack(frames),
@@ -379,11 +425,12 @@ def voc_palette(num_classes: int) -> np.ndarray:
 
 
 def _class_ids(image: Image.Image, classes: dict[str, int], clip_id: str, what: str) -> np.ndarray:
-    """uint8 class ids [H, W] from an AVSS labels_semantic (ids) or labels_rgb (colours) PNG."""
+    """uint8 class ids [H, W] from an AVSS labels_semantic (ids) or labels_rgb (colours) PNG;
+    classes: name -> id (= position in label2idx.json)."""
     if image.mode in ("RGB", "RGBA"):
         rgb = np.asarray(image.convert("RGB")).astype(np.int32)
         code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        palette = voc_palette(max(classes.values()) + 1).astype(np.int32)
+        palette = voc_palette(len(classes)).astype(np.int32)
         lookup = {int((r << 16) | (g << 8) | b): i for i, (r, g, b) in enumerate(palette)}
         ids = np.full(code.shape, IGNORE_ID, np.uint8)
         for colour in np.unique(code):
@@ -394,7 +441,7 @@ def _class_ids(image: Image.Image, classes: dict[str, int], clip_id: str, what: 
             raise ClipDecodeError(clip_id, f"{what}: no pixel has the colour of a class in {LABEL2IDX}")
         return ids
     ids = np.asarray(image if image.mode in ("L", "P", "I", "I;16") else image.convert("L")).astype(np.int64)
-    known = set(classes.values()) | {IGNORE_ID}
+    known = set(range(len(classes))) | {IGNORE_ID}
     bad = sorted(set(np.unique(ids).tolist()) - known)
     if bad:
         raise ClipDecodeError(clip_id, f"{what} holds class id(s) {bad[:5]} that {LABEL2IDX} does not define")
@@ -404,20 +451,44 @@ def _class_ids(image: Image.Image, classes: dict[str, int], clip_id: str, what: 
 _LABEL2IDX_CACHE: dict[str, dict[str, int]] = {}
 
 
+def class_ids(table: Any, where: str = LABEL2IDX) -> dict[str, int]:
+    """name -> class id from a parsed label2idx.json: the id is the key's position (the
+    values are ignored, see the module docstring). Raises ValueError for a table that is
+    not a non-empty JSON object of integer values; warns when the values are neither 0-based
+    nor 1-based consecutive in key order, or when the first key is not "background"."""
+    if not isinstance(table, dict) or not table:
+        raise ValueError(f"{where} must be a non-empty JSON object of class names")
+    values = list(table.values())
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{where} must map class names to integers")
+    n = len(values)
+    if values != list(range(n)) and values != list(range(1, n + 1)):
+        log.warning("%s: values are neither 0..%d nor 1..%d in key order; class ids are taken from the "
+                    "key order (as AVSBench and COMBO do), the values are ignored", where, n - 1, n)
+    first = next(iter(table))
+    if first != "background":
+        log.warning("%s: first key is %r, not 'background'; id 0 (the first key) is taken as background", where, first)
+    if n > IGNORE_ID:
+        raise ValueError(f"{where} has {n} classes; ids must stay below {IGNORE_ID} (the ignore id)")
+    return {name: i for i, name in enumerate(table)}
+
+
 def _label2idx(storage: Storage, url: str, clip_id: str) -> dict[str, int]:
     if url not in _LABEL2IDX_CACHE:
         try:
             table = json.loads(storage.read_text(url))
         except Exception as e:  # noqa: BLE001
             raise ClipDecodeError(clip_id, f"cannot read {LABEL2IDX} ({url}): {e}") from None
-        if not isinstance(table, dict) or not all(isinstance(v, int) for v in table.values()):
-            raise ClipDecodeError(clip_id, f"{LABEL2IDX} ({url}) must map class names to integer ids")
-        _LABEL2IDX_CACHE[url] = table
+        try:
+            _LABEL2IDX_CACHE[url] = class_ids(table, f"{LABEL2IDX} ({url})")
+        except ValueError as e:
+            raise ClipDecodeError(clip_id, str(e)) from None
     return _LABEL2IDX_CACHE[url]
 
 
 def _log_mel(ref: ClipRef, storage: Storage, audio: np.ndarray, num_frames: int) -> tuple[np.ndarray, str]:
-    """float32 [T, 96, 64]: the precomputed pickle when the clip has one, else from the wav."""
+    """float32 [T, 96, 64]: the precomputed pickle when the clip has one, else from the wav
+    (VGGish framing, the default of :func:`log_mel_examples`, as the pickles were made)."""
     url = ref.members.get("logmel")
     if url is None:
         return log_mel_examples(audio, num_frames), "wav"

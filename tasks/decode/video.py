@@ -10,7 +10,8 @@ as AVSBench's 224 x 224).
 
 Audio: the first audio track, resampled by FFmpeg to 16 kHz, averaged over its channels
 to mono (as VGGish does), placed on the same time line and cut or zero padded to exactly
-T * 16000 samples. Log-mel: :func:`tasks.decode.logmel.log_mel_examples`, 96 x 64 per second.
+T * 16000 samples. Log-mel: :func:`tasks.decode.logmel.log_mel_examples`, one 96 x 64 example
+per frame, in VGGish's framing (example t starts at 0.96 t s; see that module).
 
 Clips shorter than T seconds: when at least the first 1 fps sample (0.5 s) exists, the
 missing seconds repeat the last frame and the missing audio is silence;

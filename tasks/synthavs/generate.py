@@ -26,7 +26,7 @@ from tasks.synthavs.scene import FRAME_OFFSET_S, SPLITS, SceneSpec, sample_scene
 
 log = logging.getLogger(__name__)
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2  # 2: VGGish log-mel framing (0.96 s steps), label2idx.json with 1-based values as released
 MAX_ATTEMPTS = 50  # scenes whose sounding objects are hidden too much are redrawn
 FORMATS = ("avsbench", "video")
 MARKER = "synthavs.json"  # written last by ensure_synthavs: the folder is complete
@@ -185,7 +185,7 @@ def write_metadata(cfg: SynthConfig, out: str, storage: Storage, results: list[d
     paths: dict[str, str] = {}
     if "avsbench" in formats:
         rows = {s: [(r["split"], r["index"], r["row"]) for r in results if r["setting"] == s] for s in settings}
-        names = [c.name for c in categories(cfg.num_categories)]
+        names = [c.name for c in sorted(categories(cfg.num_categories), key=lambda c: c.id)]  # key order = id
         paths.update(writers.write_avsbench_metadata(out, storage, rows, names))
     info = {
         "generator": "synthavs",
@@ -257,7 +257,8 @@ def generate_synthavs(cfg: SynthConfig, out: str, storage: Storage, settings=SET
 def synth_root(cfg: Config, settings: tuple[str, ...] | None = None) -> str:
     """Where this configuration's SynthAVS lives: a folder per generator config, never overwritten."""
     settings = settings or (cfg.data.setting,)
-    digest = config_hash({"synth": to_dict(cfg.data.synth), "settings": sorted(settings)})
+    digest = config_hash({"synth": to_dict(cfg.data.synth), "settings": sorted(settings),
+                          "synth_version": SYNTH_VERSION})
     return join(absolute(cfg.data.uri), f"sv-{digest}-{'-'.join(sorted(settings))}")
 
 

@@ -14,7 +14,13 @@ COMBO-AVS's dataset registration):
 - AVSS: metadata.csv columns vid, uid, s_min, s_sec, a_obj, split, label (label = v1s | v1m | v2);
   `{label}/{uid}/frames/{i}.jpg` from i = 0; `labels_semantic/{i}.png` single channel, value =
   class id (0 = background); `labels_rgb/{i}.png` RGB colours of AVSBench's bit-interleaved
-  palette; v1s train clips carry labels for frame 0 only; label2idx.json maps name -> id.
+  palette; v1s train clips carry labels for frame 0 only.
+- label2idx.json, as released: a JSON object indented by 4 spaces, no newline at the end,
+  "background" first, values 1-based (`"background": 1`). Readers (AVSBench's
+  color_dataloader.py, COMBO's register_avss_sem.py, ours) take a class's id from its key's
+  position, never from the value. So the keys go in id order: background, then our
+  categories by id (the release lists its 70 classes alphabetically; for us the position is
+  the id the masks hold).
 """
 from __future__ import annotations
 
@@ -261,6 +267,15 @@ def metadata_paths(out: str) -> dict[str, str]:
     }
 
 
+def label2idx_text(category_names: list[str]) -> str:
+    """label2idx.json in the released form (see the module docstring): background first,
+    then the categories in id order, values 1-based (position + 1)."""
+    names = ["background", *category_names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names must be distinct, got {names}")
+    return json.dumps({name: i + 1 for i, name in enumerate(names)}, indent=4)
+
+
 def write_avsbench_metadata(out: str, storage: Storage, rows: dict[str, list[tuple[str, int, dict]]],
                             category_names: list[str]) -> dict[str, str]:
     """Write the metadata CSVs (rows sorted by split, then index) and label2idx.json.
@@ -276,7 +291,6 @@ def write_avsbench_metadata(out: str, storage: Storage, rows: dict[str, list[tup
         storage.write_text(paths[setting], _csv_text(columns[setting], ordered))
         written[setting] = paths[setting]
         if setting == "avss":
-            label2idx = {"background": 0, **{name: i + 1 for i, name in enumerate(category_names)}}
-            storage.write_text(paths["label2idx"], json.dumps(label2idx, indent=1) + "\n")
+            storage.write_text(paths["label2idx"], label2idx_text(category_names))
             written["label2idx"] = paths["label2idx"]
     return written

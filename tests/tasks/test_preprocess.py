@@ -9,12 +9,12 @@ import pytest
 from infra.config import compose
 from infra.schema.storage import StorageConfig
 from infra.storage import Storage, StorageError, join
-from tasks.shards.manifest import read_manifest, verify
+from tasks.decode.sources import decode_or_reject
 from tasks.enrich.maskige import MaskigeMaker
 from tasks.enrich.pairs import read_pairs
 from tasks.preprocess import ClipWork, EnrichStage, list_source, plan_shards, run_preprocess, write_group
+from tasks.shards.manifest import read_manifest, verify
 from tasks.shards.schema import decode_sample, read_shard, sample_key
-from tasks.decode.sources import decode_or_reject
 from tasks.synthavs import ensure_synthavs
 
 SMALL = [

@@ -108,12 +108,14 @@ def make_ms3(base: str, rows: list[tuple[str, str]]) -> str:
 AVSS_CLASSES = {"background": 0, "dog": 1, "guitar": 2, "piano": 3}
 
 
-def make_avss(base: str, rows: list[tuple[str, str, str]], rgb_labels: tuple[str, ...] = ()) -> str:
-    """rows: (uid, label v1s|v1m|v2, split). Clips in rgb_labels get labels_rgb only."""
+def make_avss(base: str, rows: list[tuple[str, str, str]], rgb_labels: tuple[str, ...] = (),
+              label2idx_text: str | None = None) -> str:
+    """rows: (uid, label v1s|v1m|v2, split). Clips in rgb_labels get labels_rgb only.
+    label2idx_text: the file's text (default: AVSS_CLASSES, 0-based values)."""
     root = os.path.join(base, "AVSBench_semantic")
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "label2idx.json"), "w") as f:
-        json.dump(AVSS_CLASSES, f)
+        f.write(label2idx_text if label2idx_text is not None else json.dumps(AVSS_CLASSES))
     with open(os.path.join(root, "metadata.csv"), "w") as f:
         f.write("vid,uid,s_min,s_sec,a_obj,split,label\n")
         for uid, label, split in rows:
@@ -279,3 +281,136 @@ def test_safe_pickle_allow_list():
         loads(pickle.dumps(np.array([1, "a"], dtype=object)), "o.pkl")
     with pytest.raises(ValueError, match="t.pkl"):
         loads(pickle.dumps(x)[:50], "t.pkl")
+
+
+# -- T per clip (num_frames=None) and label2idx by key order -----------------------------
+def decode_own_t(ref, storage, frame_size: int = SIZE):
+    """tasks.decode.avsbench.decode with num_frames=None (each clip's own T), validated."""
+    from tasks.decode import avsbench
+
+    clip = avsbench.decode(ref, storage, None, frame_size)
+    clip.validate()
+    return clip
+
+
+def test_avss_t_follows_the_label_unless_overridden(tmp_path, storage):
+    make_avss(str(tmp_path), [("s_train", "v1s", "train"), ("m_val", "v1m", "val"), ("v2_test", "v2", "test")])
+    refs, rejects = list_avsbench(str(tmp_path), "avss", storage)
+    assert rejects == []
+    by_id = {r.clip_id: r for r in refs}
+
+    v1s, v1m, v2 = (decode_own_t(by_id[k], storage) for k in ("s_train", "m_val", "v2_test"))
+    assert [c.num_frames for c in (v1s, v1m, v2)] == [5, 5, 10]
+    assert v1s.gt_frames == [True] + [False] * 4 and v1m.gt_frames == [True] * 5 and v2.gt_frames == [True] * 10
+    assert v2.audio.shape == (10 * SR,) and v2.logmel.shape == (10, 96, 64) and v2.masks.shape == (10, SIZE, SIZE)
+    assert v1m.audio.shape == (5 * SR,) and v1m.meta["padded_seconds"] == 0 == v2.meta["padded_seconds"]
+    assert {c.meta["num_frames_from"] for c in (v1s, v1m, v2)} == {"label"}
+    # the tenth frame is the clip's own (JPEG, so nearly equal), not a repeat of an earlier one
+    assert np.abs(v2.frames[9].astype(int) - frame_image(9 % 6)).mean() < 3
+    assert np.abs(v2.frames[9].astype(int) - v2.frames[8]).mean() > 10
+
+    # through the public entry point too (sources.decode_clip passes None on to this reader)
+    through = decode_clip(by_id["v2_test"], storage, None, SIZE)
+    assert through.num_frames == 10 and np.array_equal(through.masks, v2.masks)
+
+    # an int overrides the label, for every clip
+    forced = decode_clip(by_id["v2_test"], storage, num_frames=5, frame_size=SIZE)
+    assert forced.num_frames == 5 and forced.meta["num_frames_from"] == "config"
+    assert np.array_equal(forced.masks, v2.masks[:5])
+
+
+def test_s4_and_ms3_own_t_is_five(tmp_path, storage):
+    make_s4(str(tmp_path), [("vidA", "dog_barking", "val")])
+    make_ms3(str(tmp_path), [("m1", "test")])
+    (s4,), _ = list_avsbench(str(tmp_path), "s4", storage)
+    (ms3,), _ = list_avsbench(str(tmp_path), "ms3", storage)
+    for ref in (s4, ms3):
+        clip = decode_own_t(ref, storage)
+        assert clip.num_frames == 5 and clip.meta["num_frames_from"] == "setting"
+        assert np.array_equal(clip.frames, decode_clip(ref, storage, 5, SIZE).frames)
+
+
+def released_label2idx(names: list[str], base: int) -> str:
+    """label2idx.json in the released form: 4-space indent, background first, values base.. in key order."""
+    return json.dumps({n: i + base for i, n in enumerate(names)}, indent=4)
+
+
+REAL_NAMES = ["background"] + [f"class_{i:02d}" for i in range(1, 71)]  # 71 entries, like the release
+
+
+def test_real_shaped_label2idx_accepts_background_and_the_last_class(tmp_path, storage):
+    """The released file has 1-based values ("background": 1 ... 71): ids are positions, so
+    a mask holding background (0) and the last class (70) is accepted and named."""
+    text = released_label2idx(REAL_NAMES, base=1)
+    assert text.startswith('{\n    "background": 1,\n    "class_01": 2,') and text.endswith('    "class_70": 71\n}')
+    root = make_avss(str(tmp_path), [("real_v2", "v2", "test"), ("real_rgb", "v1m", "val")],
+                     rgb_labels=("real_rgb",), label2idx_text=text)
+    ids = np.zeros((SIZE, SIZE), np.uint8)
+    ids[10:30, 10:30] = 70
+    ids[40:50, 5:20] = 1
+    ids[0, :3] = 255
+    save_png(f"{root}/v2/real_v2/labels_semantic/4.png", ids, "L")
+    rgb = voc_palette(71)[np.where(ids == 255, 0, ids)]
+    save_png(f"{root}/v1m/real_rgb/labels_rgb/2.png", rgb)
+    refs, _ = list_avsbench(str(tmp_path), "avss", storage)
+    by_id = {r.clip_id: r for r in refs}
+
+    out = decode_or_reject(by_id["real_v2"], storage, 10, SIZE)
+    assert not hasattr(out, "reason"), getattr(out, "reason", "")
+    assert np.array_equal(out.masks[4], ids) and (out.masks[4] == 0).any()
+    assert set(out.labels) == {"class_01", "class_02", "class_03", "class_70"}  # from every annotated frame
+    coloured = decode_clip(by_id["real_rgb"], storage, 5, SIZE)
+    assert np.array_equal(coloured.masks[2][1:], ids[1:]) and "class_70" in coloured.labels
+
+
+@pytest.mark.parametrize("values", ["zero_based", "one_based", "shuffled"])
+def test_label2idx_values_never_change_the_ids(tmp_path, storage, values, caplog):
+    names = list(AVSS_CLASSES)  # background, dog, guitar, piano
+    table = {"zero_based": [0, 1, 2, 3], "one_based": [1, 2, 3, 4], "shuffled": [3, 0, 2, 1]}[values]
+    text = json.dumps(dict(zip(names, table)), indent=4)
+    make_avss(str(tmp_path), [("m_val", "v1m", "val")], rgb_labels=("m_val",), label2idx_text=text)
+    (ref,), _ = list_avsbench(str(tmp_path), "avss", storage)
+    with caplog.at_level("WARNING", logger="tasks.decode.avsbench"):
+        clip = decode_clip(ref, storage, 5, SIZE)
+    expected = square_mask(1, value=1) + square_mask(0, value=2).T
+    assert np.array_equal(clip.masks[1][1:], expected[1:])  # dog = 1, guitar = 2, piano = 3: key order
+    assert clip.labels == ["dog", "guitar", "piano"]
+    warned = any("neither" in r.getMessage() for r in caplog.records)
+    assert warned == (values == "shuffled")
+
+
+def test_label2idx_key_order_on_semantic_ids(tmp_path, storage):
+    """labels_semantic ids index the key order: the same PNG names other classes when the keys move."""
+    order = ["background", "piano", "dog", "guitar"]
+    make_avss(str(tmp_path), [("m_val", "v1m", "val")], label2idx_text=released_label2idx(order, base=1))
+    (ref,), _ = list_avsbench(str(tmp_path), "avss", storage)
+    clip = decode_clip(ref, storage, 5, SIZE)
+    assert clip.labels == ["piano", "dog", "guitar"]  # ids 1, 2, 3 present
+
+
+def test_class_ids_checks_the_table(caplog):
+    from tasks.decode.avsbench import class_ids
+
+    assert class_ids({"background": 1, "dog": 2}) == {"background": 0, "dog": 1}
+    assert class_ids({"background": 0, "dog": 1}) == {"background": 0, "dog": 1}
+    for bad in ([1, 2], {}, {"background": "0"}, {"background": True}):
+        with pytest.raises(ValueError, match="label2idx"):
+            class_ids(bad)
+    with caplog.at_level("WARNING", logger="tasks.decode.avsbench"):
+        assert class_ids({"dog": 1, "background": 2}) == {"dog": 0, "background": 1}
+    assert any("not 'background'" in r.getMessage() for r in caplog.records)
+
+
+def test_wav_log_mel_uses_vggish_framing(tmp_path, storage):
+    """Without a pickle the log-mel comes from the wav with VGGish's framing (0.96 s steps),
+    the framing of AVSBench's pickles and of a pretrained VGGish."""
+    root = make_avss(str(tmp_path), [("v2_test", "v2", "test")])
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(0.01, 0.5, 10 * SR)  # loudness grows all along: where an example starts shows
+    save_wav(f"{root}/v2/v2_test/audio.wav", (rng.uniform(-1, 1, 10 * SR) * ramp).astype(np.float32))
+    (ref,), _ = list_avsbench(str(tmp_path), "avss", storage)
+    clip = decode_own_t(ref, storage)
+    assert clip.meta["logmel_source"] == "wav" and clip.meta["logmel_framing"] == "vggish"
+    np.testing.assert_allclose(clip.logmel, log_mel_examples(clip.audio, 10, framing="vggish"), atol=1e-5)
+    per_second = log_mel_examples(clip.audio, 10, framing="per_second")
+    assert np.abs(clip.logmel[9] - per_second[9]).mean() > 0.05  # 0.36 s apart at t = 9

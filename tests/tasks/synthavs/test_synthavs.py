@@ -18,9 +18,10 @@ from PIL import Image
 
 from infra.schema.synth import SYNTH_PRESETS, SynthConfig, synth_preset
 from infra.storage import Storage
-from tasks.synthavs import FRAME_OFFSET_S, generate_clip, generate_synthavs, render, sample_scene
-from tasks.synthavs.sound import per_second_rms
 from tasks.decode.avsbench import voc_palette
+from tasks.synthavs import FRAME_OFFSET_S, generate_clip, generate_synthavs, render, sample_scene
+from tasks.synthavs.categories import categories
+from tasks.synthavs.sound import per_second_rms
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = dict(frame_height=64, frame_width=64, num_train_clips=2, num_val_clips=1, num_test_clips=1)
@@ -306,8 +307,14 @@ def test_avsbench_layout_matches_the_real_data_set(generated):
     sem = os.path.join(root, "AVSBench_semantic")
     rows = _csv(os.path.join(sem, "metadata.csv"))
     assert list(rows[0]) == ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"]
-    label2idx = json.loads(Path(sem, "label2idx.json").read_text())
-    assert label2idx["background"] == 0 and len(label2idx) == cfg.num_categories + 1
+    text = Path(sem, "label2idx.json").read_text()
+    label2idx = json.loads(text)
+    # as released: 4-space indent, no final newline, background first, 1-based values in key order
+    names = ["background"] + [c.name for c in categories(cfg.num_categories)]
+    assert text.startswith('{\n    "background": 1,\n    "') and text.endswith("\n}")
+    assert list(label2idx) == names and list(label2idx.values()) == list(range(1, len(names) + 1))
+    assert text == json.dumps(label2idx, indent=4)
+    assert [c.id for c in categories(cfg.num_categories)] == list(range(1, len(names)))  # position = mask id
     palette = voc_palette(len(label2idx))
     for row in rows:
         folder = os.path.join(sem, row["label"], row["uid"])
@@ -360,3 +367,43 @@ def test_writes_through_s3(s3_storage):
     mask_url = f"{out}/AVSBench_object/Single-source/s4_data/gt_masks/val/{cat}/{clip.clip_id}/{clip.clip_id}_3.png"
     mask = np.asarray(Image.open(io.BytesIO(storage.read_bytes(mask_url))))
     assert np.array_equal(mask // 255, clip.masks[2])
+
+
+# -- read back: T per clip and class ids through the AVSBench reader ------------------------
+
+@pytest.mark.parametrize("seconds, labels", [(10, {"v2"}), (5, {"v1s", "v1m"})])
+def test_avss_reads_back_with_its_own_t_and_ids(tmp_path, seconds, labels):
+    """SynthAVS AVSS (label2idx.json with 1-based values, as released) read by the AVSBench
+    reader with T from each clip's label: v2 clips give 10 frames, v1s / v1m 5, and the class
+    ids (background 0 included) are the generator's."""
+    from tasks.decode import avsbench
+    from tasks.decode.sources import list_avsbench
+
+    cfg = tiny(avss_num_seconds=seconds, num_train_clips=2, num_val_clips=1, num_test_clips=0,
+               avss_multi_source_prob=0.5)
+    storage = Storage()
+    generate_synthavs(cfg, str(tmp_path), storage, settings=("avss",), formats=("avsbench",), progress=False)
+    refs, rejects = list_avsbench(str(tmp_path), "avss", storage)
+    assert rejects == [] and len(refs) == 3
+    seen = set()
+    for ref in refs:
+        clip = avsbench.decode(ref, storage, None, cfg.frame_height)
+        clip.validate()
+        seen.add(clip.meta["avss_subset"])
+        made = generate_clip(cfg, "avss", ref.split, int(ref.clip_id.rsplit("_", 1)[1])).clip
+        assert clip.num_frames == made.num_frames == seconds
+        gt = np.asarray(clip.gt_frames)
+        assert np.array_equal(clip.masks[gt], made.masks[gt]) and (clip.masks[gt] == 0).any()
+        assert sorted(clip.labels) == sorted({c.name for c in categories(cfg.num_categories)
+                                              if (made.masks[gt] == c.id).any()})
+    assert seen <= labels and seen
+
+
+def test_synth_root_follows_the_generator_version(monkeypatch):
+    from infra.config import compose
+    from tasks.synthavs import generate
+
+    cfg = compose([])
+    before = generate.synth_root(cfg)
+    monkeypatch.setattr(generate, "SYNTH_VERSION", generate.SYNTH_VERSION + 1)
+    assert generate.synth_root(cfg) != before  # old folders (other log-mel framing) are not reused
