@@ -6,19 +6,26 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.common import Overrides, avs_flow, main
 from flows.preprocess import preprocess
 from infra.config import compose, redact_overrides
 from infra.storage import Storage, join
 
 
-@flow(name="pipeline")
-def pipeline(overrides: list[str] | None = None) -> dict:
+@avs_flow(name="pipeline")
+def pipeline(overrides: Overrides = None) -> dict:
+    """End to end: compose, preprocess (a subflow), write the run's summary.
+
+    Args:
+        overrides: Hydra override strings, as on the command line. Never credentials: pass
+            them through the environment, storage.secret_block=<Secret block name>, or the
+            work pool's job variables (see infra/schema/storage.py).
+    """
     log = get_run_logger()
     overrides = list(overrides or [])
     cfg = compose(overrides)  # fail on a bad config before any work starts
@@ -35,4 +42,4 @@ def pipeline(overrides: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(pipeline(overrides=sys.argv[1:]), indent=2))
+    main(pipeline)

@@ -5,11 +5,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.common import Overrides, avs_flow, main
 from infra.config import compose
 from infra.storage import Storage
 from tasks.preprocess import run_preprocess
@@ -19,9 +19,15 @@ synthesize = task(ensure_synthavs, name="synthavs", cache_policy=NO_CACHE)
 build_dataset = task(run_preprocess, name="build-shards", cache_policy=NO_CACHE)
 
 
-@flow(name="preprocess")
-def preprocess(overrides: list[str] | None = None) -> dict:
-    """Compose the config from overrides, make sure the source exists, build (or find) the data set."""
+@avs_flow(name="preprocess")
+def preprocess(overrides: Overrides = None) -> dict:
+    """Compose the config from overrides, make sure the source exists, build (or find) the data set.
+
+    Args:
+        overrides: Hydra override strings, as on the command line. Never credentials: pass
+            them through the environment, storage.secret_block=<Secret block name>, or the
+            work pool's job variables (see infra/schema/storage.py).
+    """
     log = get_run_logger()
     cfg = compose(overrides or [])
     storage = Storage(cfg.storage)
@@ -40,4 +46,4 @@ def preprocess(overrides: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(preprocess(overrides=sys.argv[1:]), indent=2))
+    main(preprocess)

@@ -4,12 +4,10 @@
 """
 from __future__ import annotations
 
-import json
-import sys
-
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.common import Overrides, avs_flow, main
 from infra.config import compose
 from infra.storage import Storage
 from tasks.synthavs import ensure_synthavs
@@ -17,9 +15,16 @@ from tasks.synthavs import ensure_synthavs
 synthesize = task(ensure_synthavs, name="synthavs", cache_policy=NO_CACHE)
 
 
-@flow(name="synthavs")
-def synth(overrides: list[str] | None = None, settings: list[str] | None = None) -> dict:
-    """Generate SynthAVS for the given settings (default: all three) into data.uri."""
+@avs_flow(name="synthavs")
+def synth(overrides: Overrides = None, settings: list[str] | None = None) -> dict:
+    """Generate SynthAVS for the given settings (default: all three) into data.uri.
+
+    Args:
+        overrides: Hydra override strings, as on the command line. Never credentials: pass
+            them through the environment, storage.secret_block=<Secret block name>, or the
+            work pool's job variables (see infra/schema/storage.py).
+        settings: which of s4, ms3, avss to generate.
+    """
     cfg = compose(overrides or [])
     root, summary, generated = synthesize(cfg, Storage(cfg.storage), tuple(settings or ("s4", "ms3", "avss")))
     get_run_logger().info("SynthAVS %s at %s", "generated" if generated else "already complete", root)
@@ -27,4 +32,4 @@ def synth(overrides: list[str] | None = None, settings: list[str] | None = None)
 
 
 if __name__ == "__main__":
-    print(json.dumps(synth(overrides=sys.argv[1:]), indent=2, default=str))
+    main(synth)

@@ -1,9 +1,11 @@
 """One storage layer for every path in the project: local paths and s3:// URIs alike.
 
 Everything that reads or writes goes through :class:`Storage`, built from a
-:class:`~infra.schema.storage.StorageConfig`. Credentials come from that config or from
-the usual AWS environment variables; they are kept out of ``repr`` and logs. A Storage
-is picklable, so Ray tasks and actors receive it as an argument.
+:class:`~infra.schema.storage.StorageConfig`. Credentials come from the usual AWS environment
+variables, from the Prefect Secret block that ``storage.secret_block`` names (loaded when the
+Storage is built, see :func:`load_secret_block`), or from a StorageConfig built in code; they
+are kept out of ``repr`` and logs. A Storage is picklable, so Ray tasks and actors receive it as
+an argument, its credentials resolved (workers need neither the driver's environment nor Prefect).
 """
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ def join(base: str, *parts: str) -> str:
 
 def redact(text: str, cfg: StorageConfig) -> str:
     """Replace any credential of cfg that appears in text."""
-    for secret in (cfg.resolved_key(), cfg.resolved_secret()):
+    for secret in (cfg.resolved_key(), cfg.resolved_secret(), cfg.resolved_token()):
         if secret:
             text = text.replace(secret, "***")
     return text
@@ -86,11 +88,41 @@ class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI and the cause (credentials redacted)."""
 
 
+_BLOCK_FIELDS = ("key", "secret", "token")
+
+
+def load_secret_block(name: str) -> dict[str, str | None]:
+    """Credentials from the Prefect Secret block `name`, whose value is one JSON object
+    {"key": ..., "secret": ..., "token": ...} (token optional). Loaded at run time through the
+    Prefect API, so that only the block's name is ever a flow parameter. Errors name the block
+    and the fields, never a value."""
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(name).get()
+    except ValueError as e:  # Prefect: "Unable to find block document named ..."
+        raise StorageError(f"storage.secret_block={name!r}: no Prefect Secret block of that name "
+                           f"could be loaded ({type(e).__name__}); create it with "
+                           f"Secret(value={{'key': ..., 'secret': ...}}).save({name!r})") from None
+    if not isinstance(value, dict):
+        raise StorageError(f"storage.secret_block={name!r}: the Secret block's value must be a JSON object "
+                           f"with fields {list(_BLOCK_FIELDS)} (token optional), got a {type(value).__name__}")
+    unknown = sorted(set(value) - set(_BLOCK_FIELDS))
+    missing = [f for f in ("key", "secret") if not value.get(f)]
+    if unknown or missing:
+        raise StorageError(f"storage.secret_block={name!r}: the Secret block's JSON object needs fields "
+                           f"'key' and 'secret' (and optionally 'token'); missing {missing}, unknown {unknown}")
+    return {f: (str(value[f]) if value.get(f) else None) for f in _BLOCK_FIELDS}
+
+
 class Storage:
     """fsspec filesystems for local paths and s3:// URIs, with retries for transient errors."""
 
     def __init__(self, cfg: StorageConfig | None = None):
-        self.cfg = cfg or StorageConfig()
+        cfg = cfg or StorageConfig()
+        if cfg.secret_block and not cfg.key:  # resolved once, here; then it travels like any credential
+            cfg = dataclasses.replace(cfg, **load_secret_block(cfg.secret_block))
+        self.cfg = cfg
         self._fs: dict[str, fsspec.AbstractFileSystem] = {}
 
     def __repr__(self) -> str:  # never show credentials
@@ -98,10 +130,10 @@ class Storage:
 
     def __getstate__(self) -> dict[str, Any]:
         # Filesystems hold sockets and locks: rebuild them where unpickled. Credentials and
-        # endpoint found in this process's environment travel resolved, because a Ray worker
-        # on another node does not have the driver's environment.
+        # endpoint found in this process's environment (or its Secret block) travel resolved,
+        # because a Ray worker on another node has neither the driver's environment nor Prefect.
         c = self.cfg
-        resolved = dataclasses.replace(c, key=c.resolved_key(), secret=c.resolved_secret(),
+        resolved = dataclasses.replace(c, key=c.resolved_key(), secret=c.resolved_secret(), token=c.resolved_token(),
                                        endpoint_url=c.resolved_endpoint())
         return {"cfg": resolved}
 
@@ -117,6 +149,8 @@ class Storage:
         if c.resolved_key():
             opts["key"] = c.resolved_key()
             opts["secret"] = c.resolved_secret()
+            if c.resolved_token():
+                opts["token"] = c.resolved_token()
         client_kwargs: dict[str, Any] = {}
         if c.resolved_endpoint():
             client_kwargs["endpoint_url"] = c.resolved_endpoint()

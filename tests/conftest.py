@@ -73,10 +73,13 @@ def ray_local():
 
 
 @pytest.fixture()
-def s3_run(s3_storage):
-    """(storage, bucket, overrides): config overrides that point a run at the test S3 server."""
+def s3_run(s3_storage, monkeypatch):
+    """(storage, bucket, overrides): config overrides that point a run at the test S3 server.
+    Credentials are never overrides (compose refuses them): they go in the environment, as a user's would."""
     storage, bucket = s3_storage
     c = storage.cfg
-    overrides = [f"storage.endpoint_url={c.endpoint_url}", f"storage.key={c.key}", f"storage.secret={c.secret}",
-                 "storage.region=us-east-1", "storage.retry_backoff_s=0.05"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", c.key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", c.secret)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    overrides = [f"storage.endpoint_url={c.endpoint_url}", "storage.region=us-east-1", "storage.retry_backoff_s=0.05"]
     return storage, bucket, overrides

@@ -12,8 +12,8 @@ import pytest
 
 from infra.config import compose
 from infra.storage import Storage
-from tasks.shards.manifest import read_manifest
 from tasks.preprocess import run_preprocess
+from tasks.shards.manifest import read_manifest
 from tasks.synthavs import ensure_synthavs
 
 REPO = Path(__file__).resolve().parents[2]

@@ -116,3 +116,74 @@ def test_environment_credentials_travel_with_a_pickled_storage(monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     assert clone.cfg.resolved_key() == "from-env-key" and clone.cfg.resolved_secret() == "from-env-secret"
     assert clone.cfg.resolved_endpoint() == "http://minio:9000"
+
+
+def test_session_token_travels_with_its_key_only(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "env-token")
+    opts = Storage().s3_options()
+    assert (opts["key"], opts["secret"], opts["token"]) == ("env-key", "env-secret", "env-token")
+    clone = pickle.loads(pickle.dumps(Storage()))
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    assert clone.cfg.resolved_token() == "env-token"
+    # credentials given in code are one set: the environment's token never joins them
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "env-token")
+    own = Storage(StorageConfig(key="code-key", secret="code-secret"))
+    assert own.s3_options()["key"] == "code-key" and "token" not in own.s3_options()
+    assert "env-token" not in repr(own) and "code-secret" not in repr(own.cfg)
+
+
+class _FakeSecret:
+    store: dict = {}
+
+    def __init__(self, value):
+        self.value = value
+
+    @classmethod
+    def load(cls, name):
+        if name not in cls.store:
+            raise ValueError(f"Unable to find block document named {name} for block type secret")
+        return cls(cls.store[name])
+
+    def get(self):
+        return self.value
+
+
+@pytest.fixture()
+def fake_secret_blocks(monkeypatch):
+    import prefect.blocks.system
+
+    monkeypatch.setattr(prefect.blocks.system, "Secret", _FakeSecret)
+    _FakeSecret.store = {}
+    return _FakeSecret.store
+
+
+def test_secret_block_credentials_are_loaded_once_and_travel_resolved(fake_secret_blocks, s3_storage, monkeypatch):
+    real, bucket = s3_storage
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    fake_secret_blocks["avs-s3"] = {"key": real.cfg.key, "secret": real.cfg.secret}
+    storage = Storage(StorageConfig(endpoint_url=real.cfg.endpoint_url, region="us-east-1", secret_block="avs-s3",
+                                    retries=1))
+    assert storage.cfg.key == real.cfg.key and storage.cfg.token is None
+    storage.write_bytes(f"{bucket}/block.bin", b"ok")
+    fake_secret_blocks.clear()  # a Ray worker has no Prefect: the unpickled Storage needs no block
+    clone = pickle.loads(pickle.dumps(storage))
+    assert clone.read_bytes(f"{bucket}/block.bin") == b"ok"
+    assert real.cfg.secret not in repr(storage) and real.cfg.secret not in repr(clone.cfg)
+
+
+@pytest.mark.parametrize("value, phrase", [
+    ({"key": "AKIA-BLOCK"}, "missing ['secret']"),
+    ({"key": "AKIA-BLOCK", "secret": "blk-s3cr3t", "aws_secret_access_key": "blk-s3cr3t"}, "unknown ['aws_secret_access_key']"),
+    ("blk-s3cr3t", "must be a JSON object"),
+    (None, "no Prefect Secret block of that name"),
+])
+def test_a_bad_secret_block_is_a_clear_error_without_its_values(fake_secret_blocks, value, phrase):
+    if value is not None:
+        fake_secret_blocks["avs-s3"] = value
+    with pytest.raises(StorageError) as err:
+        Storage(StorageConfig(secret_block="avs-s3"))
+    assert phrase in str(err.value) and "storage.secret_block='avs-s3'" in str(err.value)
+    assert "blk-s3cr3t" not in str(err.value) and "AKIA-BLOCK" not in str(err.value)
