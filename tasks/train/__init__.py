@@ -1,0 +1,1 @@
+"""Step *train*: COMBO-family models trained on shard data sets with Ray Train; checkpoints."""
