@@ -1,0 +1,1 @@
+"""Step *evaluate*: AVSBench-protocol scores of a checkpoint on a shard data set, and its report."""
