@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from infra.schema.cluster import ClusterConfig
 from infra.schema.data import DataConfig
+from infra.schema.evaluate import EvaluateConfig
 from infra.schema.model import ModelConfig
 from infra.schema.preprocess import PreprocessConfig
 from infra.schema.storage import CREDENTIAL_FIELDS, StorageConfig
@@ -46,6 +47,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     output: str = "outputs"  # everything a run writes (reports, checkpoints), local or s3://
     seed: int = 0
 
