@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+import warnings
 
 import pytest
 
@@ -83,3 +84,32 @@ def s3_run(s3_storage, monkeypatch):
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     overrides = [f"storage.endpoint_url={c.endpoint_url}", "storage.region=us-east-1", "storage.retry_backoff_s=0.05"]
     return storage, bucket, overrides
+
+
+# A tiny SynthAVS (hard preset, S4, 64 px) made by the preprocess step, for the training tests:
+# 6 train clips in 3 shards (odd: 2 workers get unequal shares), 2 val and 2 test clips in one
+# shard each (one of 2 workers gets no validation data).
+TRAIN_DATA_OVERRIDES = [
+    "data.synth.frame_height=64", "data.synth.frame_width=64", "data.synth.num_train_clips=6",
+    "data.synth.num_val_clips=2", "data.synth.num_test_clips=2", "preprocess.shards.samples_per_shard=2",
+    "preprocess.pairs.k_pos=2", "preprocess.pairs.num_neg=2",
+]
+
+
+@pytest.fixture(scope="session")
+def train_dataset(ray_local, tmp_path_factory):
+    """(overrides, dataset_url): the overrides that make (or find) the tiny training data set, and its folder."""
+    from infra.config import compose
+    from infra.storage import Storage
+    from tasks.preprocess import run_preprocess
+    from tasks.synthavs import ensure_synthavs
+
+    root = tmp_path_factory.mktemp("train-data")
+    overrides = [*TRAIN_DATA_OVERRIDES, f"data.uri={root}/synth", f"preprocess.output={root}/datasets"]
+    cfg = compose(overrides)
+    storage = Storage()
+    with warnings.catch_warnings():  # Prefect, once imported, warns about logs outside a flow run
+        warnings.filterwarnings("ignore", message=".*send logs to the API without a flow run id")
+        source, _, _ = ensure_synthavs(cfg, storage, progress=False)
+        result = run_preprocess(cfg, storage, source_root=source, progress=False)
+    return overrides, result.dataset_url
