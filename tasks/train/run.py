@@ -54,6 +54,7 @@ import math
 import posixpath
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -392,8 +393,12 @@ def _ray_storage(run_root: str, storage: Storage) -> tuple[str, Any]:
 
 # -- the run ------------------------------------------------------------------------------------
 def run_training(cfg: Config, storage: Storage, dataset_url: str,
-                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> TrainResult:
-    """Train cfg.model on the data set at dataset_url with Ray Train (see the module docstring)."""
+                 logger: logging.Logger | logging.LoggerAdapter | None = None,
+                 callbacks: Sequence[UserCallback] = ()) -> TrainResult:
+    """Train cfg.model on the data set at dataset_url with Ray Train (see the module docstring).
+
+    callbacks: more ``ray.train.UserCallback``s for the run, after :class:`EpochProgress` (a Ray
+    Tune trial passes ``TuneReportCallback``, which hands every report to Tune: tasks/tune/trial.py)."""
     from ray.util.queue import Queue
 
     logger = logger or log
@@ -421,7 +426,7 @@ def run_training(cfg: Config, storage: Storage, dataset_url: str,
             name=run_name, storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
-            callbacks=[EpochProgress(queue)],
+            callbacks=[EpochProgress(queue), *callbacks],
         ),
     )
     result = TrainResult(run_name=run_name, run_dir=plan.run_dir, checkpoint_uri=None, metrics={}, history=[],
