@@ -104,7 +104,7 @@ def _decode_and_augment(src: Iterable[dict[str, Any]], transform: ClipTransform,
                         epoch: int) -> Iterator[dict[str, Any]]:
     rng = np.random.default_rng(_worker_seed(seed, epoch, 2))
     for sample in src:
-        yield transform(decode_sample(sample), rng)
+        yield transform(decode_sample(sample, with_audio=False, with_dino=False), rng)  # the models read neither
 
 
 # -- augmentation ------------------------------------------------------------------------

@@ -193,7 +193,7 @@ class ClipSample:
     masks:    uint8 [T, H, W] or None; frames without ground truth hold zeros
     gt_frames: list[bool], T entries
     logmel:   float32 [T, 96, 64]
-    audio:    float32 [N], mono, meta["sample_rate"] Hz
+    audio:    float32 [N], mono, meta["sample_rate"] Hz; None when decoded without audio
     dino:     float32 [T, D] or None
     """
 
@@ -204,7 +204,7 @@ class ClipSample:
     masks: np.ndarray | None
     gt_frames: list[bool]
     logmel: np.ndarray
-    audio: np.ndarray
+    audio: np.ndarray | None
     dino: np.ndarray | None = None
 
     @property
@@ -213,6 +213,8 @@ class ClipSample:
 
     def to_clip(self) -> Clip:
         """The Clip this sample was written from (frames as decoded, so JPEG-lossy)."""
+        if self.audio is None:
+            raise ValueError(f"sample {self.key!r} was decoded without its audio (with_audio=False)")
         m = self.meta
         return Clip(
             clip_id=m["clip_id"], frames=self.frames, audio=self.audio, logmel=self.logmel, masks=self.masks,
@@ -270,8 +272,11 @@ def sample_meta(sample: Mapping[str, Any]) -> dict[str, Any]:
     return _meta(sample["meta.json"], f"sample {key!r} meta.json")
 
 
-def decode_sample(sample: Mapping[str, Any]) -> ClipSample:
+def decode_sample(sample: Mapping[str, Any], with_audio: bool = True, with_dino: bool = True) -> ClipSample:
     """Decode one sample into arrays.
+
+    with_audio / with_dino False leave ``wav.flac`` / ``dino.npy`` undecoded (None): training
+    reads neither, and the FLAC decode is a real share of a clip's decoding time.
 
     Accepts raw samples (member name -> bytes, as the stock ``webdataset`` reader yields with
     no decoder, and as ``ray.data.read_webdataset(..., decoder=None)`` yields) and rows that
@@ -331,21 +336,24 @@ def decode_sample(sample: Mapping[str, Any]) -> ClipSample:
     if logmel.shape != (t, 96, 64):
         raise ValueError(f"{where}: logmel is {list(logmel.shape)}, expected [{t}, 96, 64]")
 
-    import soundfile as sf
+    audio = None
+    if with_audio:
+        import soundfile as sf
 
-    flac = member("wav.flac")
-    if not isinstance(flac, (bytes, bytearray, memoryview)):
-        raise ValueError(f"{where}: wav.flac must be FLAC bytes, got {type(flac).__name__}")
-    audio, _ = sf.read(io.BytesIO(bytes(flac)), dtype="float32", always_2d=False)
+        flac = member("wav.flac")
+        if not isinstance(flac, (bytes, bytearray, memoryview)):
+            raise ValueError(f"{where}: wav.flac must be FLAC bytes, got {type(flac).__name__}")
+        audio, _ = sf.read(io.BytesIO(bytes(flac)), dtype="float32", always_2d=False)
+        audio = np.asarray(audio, np.float32)
 
     dino = None
-    if meta.get("dino_dim") is not None:
+    if with_dino and meta.get("dino_dim") is not None:
         dino = _array(member("dino.npy"), f"{where} dino.npy").astype(np.float32)
         if dino.shape != (t, int(meta["dino_dim"])):
             raise ValueError(f"{where}: dino is {list(dino.shape)}, expected [{t}, {meta['dino_dim']}]")
 
     return ClipSample(key=key, meta=meta, frames=frames, maskiges=maskiges, masks=masks, gt_frames=gt_frames,
-                      logmel=logmel, audio=np.asarray(audio, np.float32), dino=dino)
+                      logmel=logmel, audio=audio, dino=dino)
 
 
 # -- tars ------------------------------------------------------------------------------
