@@ -20,14 +20,35 @@ more. Credentials reach a flow through the environment, a Prefect Secret block n
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
+from prefect._internal.concurrency.services import _QueueServiceBase
 from prefect.flows import Flow
 from pydantic import Field
 
 from infra.config import NO_CREDENTIALS_PATTERN, ConfigError, check_overrides, redact_overrides
+
+def _drop_prefect_exit_hooks() -> None:
+    """In a child forked from a process that ran a flow: forget Prefect's queue-service exit hooks.
+
+    Prefect 3.8.8 resets its log and event services in a forked child but leaves their exit
+    hooks registered (``threading._register_atexit``); at the child's exit the hook drains a
+    reset service, fails an assertion and the child ends with status 1. torch's DataLoader
+    reads that as "worker exited unexpectedly with exit code 1", so a flow that trains or
+    evaluates with loader workers in its own process would fail. The child has no service of
+    its own to drain: dropping the inherited hooks is all it needs.
+    """
+    hooks = getattr(threading, "_threading_atexits", None)  # threading wraps each hook in a partial
+    if hooks:
+        hooks[:] = [h for h in hooks
+                    if not isinstance(getattr(getattr(h, "func", h), "__self__", None), _QueueServiceBase)]
+
+
+os.register_at_fork(after_in_child=_drop_prefect_exit_hooks)
 
 # One Hydra override string. The pattern is for the Prefect server (and UI) only: Python-side
 # validation runs after the run is recorded, and Prefect would log the refused value.
