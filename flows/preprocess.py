@@ -45,5 +45,15 @@ def preprocess(overrides: Overrides = None) -> dict:
     return summary
 
 
+def dataset_for(cfg, overrides: list[str]) -> str:
+    """``train.dataset`` when given, else the data set this config's source makes (or finds,
+    when it is complete already) through the preprocess subflow."""
+    if cfg.train.dataset is not None:
+        return cfg.train.dataset
+    dataset = preprocess(overrides)["dataset_url"]
+    get_run_logger().info("train.dataset is null: using %s, made or found by preprocess", dataset)
+    return dataset
+
+
 if __name__ == "__main__":
     main(preprocess)

@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import Overrides, avs_flow, main
-from flows.preprocess import preprocess
+from flows.preprocess import dataset_for
 from infra.config import compose
 from infra.storage import Storage, absolute
 from tasks.train.run import run_training
@@ -40,10 +40,7 @@ def train_combo(overrides: Overrides = None) -> dict:
     overrides = list(overrides or [])
     cfg = compose(overrides)  # fail on a bad config before any work starts
     storage = Storage(cfg.storage)
-    dataset = cfg.train.dataset
-    if dataset is None:
-        dataset = preprocess(overrides)["dataset_url"]
-        log.info("train.dataset is null: training on %s, made or found by preprocess", dataset)
+    dataset = dataset_for(cfg, overrides)
     result = train(cfg, storage, dataset, logger=log)
     summary = {"train": result.summary(), "report": None}
     if cfg.train.evaluate and result.checkpoint_uri:

@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import Overrides, avs_flow, main
-from flows.preprocess import preprocess
+from flows.preprocess import dataset_for
 from infra.config import compose
 from infra.schema.tune import SEARCH_KEYS
 from infra.storage import Storage
@@ -41,10 +41,7 @@ def tune_combo(overrides: Overrides = None) -> dict:
     overrides = list(overrides or [])
     cfg = compose(overrides)  # fail on a bad config before any work starts
     storage = Storage(cfg.storage)
-    dataset = cfg.train.dataset
-    if dataset is None:
-        dataset = preprocess(overrides)["dataset_url"]
-        log.info("train.dataset is null: tuning on %s, made or found by preprocess", dataset)
+    dataset = dataset_for(cfg, overrides)
     result = search(cfg, storage, dataset, logger=log)
     keys = [k for k in SEARCH_KEYS if k in result.best]
     head = ["trial", "status", *keys, "epochs", result.metric]
