@@ -58,7 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", type=int, default=256, help="train clips; val and test get a quarter each (384 in all: enough to reach a steady state; about 8 minutes here)")
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--preset", default="hard", choices=["easy", "hard"])
+    ap.add_argument("--preset", default="hard", choices=["easy", "hard", "sync"])
     ap.add_argument("--mask-source", default="classical")
     ap.add_argument("--embed-source", default="classical")
     ap.add_argument("--repeats", type=int, default=1, help="pipeline and baseline runs (medians reported)")

@@ -1,8 +1,11 @@
 """Schema of the `synth:` block in conf/data/synth_*.yaml: every knob of the SynthAVS generator.
 
-The dataclass defaults are the `hard` preset (the one benchmarks use). `easy` differs only in
-the fields listed in SYNTH_PRESETS["easy"]; conf/data/synth_easy.yaml and synth_hard.yaml list
-every field with its preset value, and a test keeps the YAML files and this table in step.
+Presets: easy | hard | sync. The dataclass defaults are the `hard` preset (the one benchmarks
+use). `easy` and `sync` differ only in the fields listed in SYNTH_PRESETS; `sync` is the
+synchrony diagnostic (silent twins of a source's category in every clip, which only the level
+pattern over time tells apart from the source). conf/data/synth_easy.yaml, synth_hard.yaml and
+synth_sync.yaml list every field with its preset value, and a test keeps the YAML files and this
+table in step.
 """
 from __future__ import annotations
 
@@ -44,10 +47,13 @@ class SynthConfig:
     motion_period_max_s: float = 12.0
 
     # -- distractors and synchrony -------------------------------------------------------
+    # share of clips that hold twins; in a clip without twins num_twins is 0, in a clip with
+    # twins it is drawn from [num_twins_min, num_twins_max]
+    twin_clip_prob: float = 0.25
     num_twins_min: int = 1  # silent objects of the SAME category as a sounding one
     num_twins_max: int = 2
-    num_distractors_min: int = 0  # silent objects of OTHER categories
-    num_distractors_max: int = 2
+    num_distractors_min: int = 1  # silent objects of OTHER categories (>= 1: audio must pick the category)
+    num_distractors_max: int = 3
     sync_size_amplitude: float = 0.4  # radius swings by +-amp/2 with the per-second level
     sync_brightness_amplitude: float = 0.4  # brightness = 1 - amp * (1 - level)
     loudness_min: float = 0.2  # per-second loudness of a sounding second is drawn from [min, 1]
@@ -98,7 +104,7 @@ class SynthConfig:
         for key in ("background_contrast", "background_saturation_max", "loudness_min", "silent_clip_prob",
                     "offscreen_sound_prob", "ms3_on_prob", "avss_multi_source_prob", "occluder_prob",
                     "min_visible_fraction", "sync_size_amplitude", "sync_brightness_amplitude",
-                    "twin_max_abs_correlation", "motion_amplitude"):
+                    "twin_max_abs_correlation", "motion_amplitude", "twin_clip_prob"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 fail(key, "must be in [0, 1]")
         if self.loudness_min >= 1.0:
@@ -158,6 +164,7 @@ SYNTH_PRESETS: dict[str, dict[str, Any]] = {
         "object_scale_max": 0.2,
         "max_rotation_deg": 10.0,
         "motion_amplitude": 0.1,
+        "twin_clip_prob": 0.0,
         "num_twins_min": 0,
         "num_twins_max": 0,
         "num_distractors_min": 1,
@@ -172,11 +179,20 @@ SYNTH_PRESETS: dict[str, dict[str, Any]] = {
         "noise_snr_db_min": 20.0,
         "noise_snr_db_max": 30.0,
     },
+    # The synchrony diagnostic: twins in every clip. A twin looks exactly like its source's
+    # category, but its size / brightness follow an uncorrelated level pattern, so a model that
+    # reads each frame alone cannot tell it from the source.
+    "sync": {
+        "preset": "sync",
+        "twin_clip_prob": 1.0,
+        "num_distractors_min": 0,
+        "num_distractors_max": 2,
+    },
 }
 
 
 def synth_preset(name: str, **overrides: Any) -> SynthConfig:
-    """The SynthConfig of a named preset ('easy' | 'hard'), with optional field overrides."""
+    """The SynthConfig of a named preset ('easy' | 'hard' | 'sync'), with optional field overrides."""
     if name not in SYNTH_PRESETS:
         raise ValueError(f"synth.preset must be one of {sorted(SYNTH_PRESETS)}, got {name!r}")
     known = {f.name for f in dataclasses.fields(SynthConfig)}

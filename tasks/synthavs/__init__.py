@@ -2,9 +2,10 @@
 
 K categories of objects, each with a shape and a sound, move over textured backgrounds;
 silent distractors share the screen, so audio is needed to tell which object sounds. The
-`hard` preset adds silent twins of the sounding object's category (told apart only by
-audio-visual synchrony), off-screen sounds, background noise, small and large objects and
-occlusion. Clips are written in the AVSBench folder layout (S4, MS3, AVSS) and as mp4 files.
+`hard` preset adds, in a share of clips, silent twins of the sounding object's category
+(told apart only by audio-visual synchrony), off-screen sounds, background noise, small and
+large objects and occlusion; `sync` puts twins in every clip (a synchrony diagnostic).
+Clips are written in the AVSBench folder layout (S4, MS3, AVSS) and as mp4 files.
 
     from infra.schema.synth import synth_preset
     from tasks.synthavs import generate_clip, generate_synthavs

@@ -5,10 +5,12 @@ seeded by a stable hash of (seed, setting, split, index, attempt); render.py and
 turn it into frames, masks and audio. Nothing here depends on Python's hash() or on the
 order in which clips are generated, so clips can be made in parallel, anywhere.
 
-Synchrony is what makes the `hard` preset need audio: every on-screen object has a per-second
-"level" sequence that drives its visible state (size and brightness). For a sounding object
-the level IS its loudness; a silent twin of the same category gets a pattern chosen to be
-nearly uncorrelated with the sounding one's.
+Every on-screen object has a per-second "level" sequence that drives its visible state (size
+and brightness). For a sounding object the level IS its loudness; a silent twin of the same
+category gets a pattern chosen to be nearly uncorrelated with the sounding one's, so only
+synchrony over time tells the two apart. In `hard` a share of clips (twin_clip_prob) holds
+twins and every clip has silent distractors of other categories (audio picks the category);
+`sync` puts twins in every clip, as a diagnostic of audio-visual synchrony.
 """
 from __future__ import annotations
 
@@ -258,7 +260,9 @@ def sample_scene(cfg: SynthConfig, setting: str, split: str, index: int, attempt
         sounding = np.zeros(t, bool) if silent else lv > 0
         specs.append((cat, "source", lv, sounding))
 
-    for _ in range(int(rng.integers(cfg.num_twins_min, cfg.num_twins_max + 1))):
+    has_twins = bool(rng.random() < cfg.twin_clip_prob)
+    n_twins = int(rng.integers(cfg.num_twins_min, cfg.num_twins_max + 1)) if has_twins else 0
+    for _ in range(n_twins):
         src = specs[int(rng.integers(n_sources))]
         # Redrawn until it does not follow its source (else the least correlated candidate;
         # with T = 2 every pair of patterns correlates +-1).
@@ -272,6 +276,8 @@ def sample_scene(cfg: SynthConfig, setting: str, split: str, index: int, attempt
                 break
         specs.append((src[0], "twin", best, np.zeros(t, bool)))
 
+    # Distractors come from the categories no source has (with K = 8 and at most 3 sources
+    # there are always some; with none left, no distractor is drawn).
     others = [c for c in cats if c.id not in {s.id for s in source_cats}]
     for _ in range(int(rng.integers(cfg.num_distractors_min, cfg.num_distractors_max + 1))):
         if not others:

@@ -3,7 +3,8 @@
 SynthAVS writes each clip twice: as an AVSBench folder (lossless PNG frames, 16-bit wav,
 pickled log-mel) and as an H.264 + AAC mp4. Read both ways, they must agree up to the
 codecs. Bounds from measurements (64 px, preset hard, crf 20, 3 clips): frame mean abs diff
-3.8-5.2 of 255, PSNR 30.5-31.1 dB; log-mel mean abs diff 0.038-0.045 (values span ~6);
+3.8-5.2 of 255, PSNR 30.5-31.1 dB (24 clips of hard with 1-3 distractors, twins or not:
+3.6-6.8, PSNR 26.5-32.4 dB: busier scenes lose more to H.264); log-mel mean abs diff 0.038-0.045 (values span ~6);
 audio correlation 0.9992-0.9996.
 """
 from __future__ import annotations
@@ -57,7 +58,7 @@ def test_frames_agree_within_codec_tolerance(synth_pairs):
         a, b = folder.frames.astype(np.float64), video.frames.astype(np.float64)
         mad = np.abs(a - b).mean()
         psnr = 10 * np.log10(255.0**2 / ((a - b) ** 2).mean())
-        assert mad < 6.0 and psnr > 28.0, (folder.clip_id, mad, psnr)
+        assert mad < 8.0 and psnr > 25.5, (folder.clip_id, mad, psnr)
         # the same second, not a neighbour: frame t of one reader is nearest to frame t of the other
         dist = np.abs(a[:, None] - b[None, :]).mean(axis=(2, 3, 4))  # [T, T]
         assert (dist.argmin(axis=1) == np.arange(T)).all(), dist.round(1)

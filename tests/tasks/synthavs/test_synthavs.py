@@ -69,20 +69,23 @@ def test_unknown_preset_or_key_is_an_error():
         synth_preset("easy", frame_size=64)
 
 
-@pytest.mark.parametrize("preset", ["easy", "hard"])
+@pytest.mark.parametrize("preset", ["easy", "hard", "sync"])
 def test_yaml_lists_every_knob_with_its_preset_value(preset):
     block = yaml.safe_load((REPO / "conf" / "data" / f"synth_{preset}.yaml").read_text())["synth"]
     fields = [f.name for f in dataclasses.fields(SynthConfig)]
     assert list(block) == fields
     assert SynthConfig(**block) == synth_preset(preset)
     assert synth_preset("hard") == SynthConfig()  # dataclass defaults are the hard preset
-    assert set(SYNTH_PRESETS["easy"]) < set(fields)
+    assert set(SYNTH_PRESETS["easy"]) < set(fields) and set(SYNTH_PRESETS["sync"]) < set(fields)
+    assert sorted(p.stem for p in (REPO / "conf" / "data").glob("synth_*.yaml")) == sorted(
+        f"synth_{name}" for name in SYNTH_PRESETS)  # one YAML per preset, no more
 
 
 def test_compose_loads_the_presets():
     config = pytest.importorskip("infra.config")
     assert config.compose(["data=synth_easy"]).data.synth == synth_preset("easy")
     assert config.compose(["data=synth_hard"]).data.synth == synth_preset("hard")
+    assert config.compose(["data=synth_sync"]).data.synth == synth_preset("sync")
 
 
 # -- determinism -----------------------------------------------------------------------------
@@ -158,7 +161,7 @@ def _expected_masks(scene):
 
 
 @pytest.mark.parametrize("setting", ["s4", "ms3", "avss"])
-@pytest.mark.parametrize("preset", ["easy", "hard"])
+@pytest.mark.parametrize("preset", ["easy", "hard", "sync"])  # sync: twins in every clip
 def test_every_mask_matches_its_objects_exactly(setting, preset):
     # Occluder and off-screen sound on every clip, so both are exercised.
     cfg = tiny(preset, frame_height=80, frame_width=96, occluder_prob=1.0, offscreen_sound_prob=1.0,
@@ -213,10 +216,11 @@ def _corr(a, b) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def test_hard_twins_do_not_follow_the_loudness_but_the_source_does():
+def test_sync_twins_do_not_follow_the_loudness_but_the_source_does():
     # No noise or off-screen sound here, so the audio's per-second RMS is the source's loudness.
-    cfg = tiny("hard", frame_height=96, frame_width=96, background_noise=False, offscreen_sound_prob=0.0,
-               silent_clip_prob=0.0, num_twins_min=1)
+    # `sync` puts twins in every clip (in `hard` only a share of clips has them).
+    cfg = tiny("sync", frame_height=96, frame_width=96, background_noise=False, offscreen_sound_prob=0.0,
+               silent_clip_prob=0.0)
     source_corrs, twin_corrs, colours_differ = [], [], 0
     for index in range(6):
         scene = generate_clip(cfg, "s4", "train", index)
@@ -237,7 +241,9 @@ def test_hard_twins_do_not_follow_the_loudness_but_the_source_does():
         for tw in twins:
             twin_corrs += [abs(_corr(size(tw), loudness)), abs(_corr(brightness(tw), loudness))]
             colours_differ += tw.colour != source.colour
-    assert min(source_corrs) > 0.9
+    # Struck sounds (the bell of "ring") are silent before their first strike, so their first
+    # second measures quieter than its level: a clip of these scenes goes down to ~0.88.
+    assert min(source_corrs) > 0.85 and float(np.median(source_corrs)) > 0.99
     assert float(np.mean(twin_corrs)) < 0.4
     assert colours_differ > 0  # colour is drawn independently of category
 
