@@ -1,0 +1,226 @@
+"""Quality: do our models tell methods apart on SynthAVS, and how sure is the difference?
+
+    .venv/bin/python bench/quality.py                       # the whole benchmark (about 2 h on 2 cores)
+    .venv/bin/python bench/quality.py --sets s4 --models combo combo_no_audio   # a part
+    .venv/bin/python bench/quality.py --quick               # a smoke run: tiny sets, one epoch
+
+What runs. For each test set (``--sets``): SynthAVS is generated and preprocessed once by the
+preprocess flow (``python -m flows.preprocess``), then every model of the set is trained and
+evaluated by the training flow itself (``python -m flows.train_combo``, one subprocess per model:
+the code a user runs, Ray Train included), with the CPU recipe ``train=synth_cpu``
+(``conf/train/synth_cpu.yaml``: frame size, optimiser, schedule, epochs; the benchmark sets no
+training knob of its own). Each model gets the same data, epochs and seed. A finished run is
+found again on a rerun (same ``train.run_name``) and only evaluated.
+
+Sets: ``s4`` and ``ms3`` on SynthAVS ``hard`` (silent distractors of other categories in every
+clip, twins in a quarter of them), ``sync_s4`` on ``sync`` (a twin of the source's category in
+every clip: only synchrony over time tells them apart). Models: COMBO-tiny, its ablations
+(no audio, no Maskige, no adaptive consistency loss), TPAVI-tiny, AVSAC-tiny; ``sync_s4``
+trains COMBO and TPAVI only.
+
+What it prints, per set:
+- the Maskige the models see: the mean best-match IoU of each classical mask source against
+  SynthAVS's exact objects (``tasks.enrich.mask_quality``) on test clips, and which one the
+  benchmark uses (``--mask-source``, chroma by default: the best of the three, see below);
+- per model: test mIoU and F-score (AVSBench protocol, from the flow's report), training and
+  whole-run wall clock;
+- the oracles of the test set (``tasks.synthavs.oracles``): perfect, nothing, every object, every
+  object of the sounding categories;
+- the paired bootstrap 95% interval (over test videos) of COMBO minus no-audio, and of COMBO
+  minus TPAVI (``tasks.evaluate.compare``).
+
+Last line: ``{"s4": {"combo": {"miou", "fscore", "train_s", "wall_s"}, "combo_no_audio": ...,
+"oracles": {...}, "combo_minus_no_audio": {"diff", "low", "high", ...}, "mask_sources": {...}},
+"ms3": {...}, "sync_s4": {...}}``.
+
+Mask source. The classical sources measured on SynthAVS hard S4 test clips (16 clips,
+``python -m tasks.enrich.mask_quality --size 96 128 --clips 16``): mean best-match IoU
+felzenszwalb 0.55 / 0.52 (96 / 128 px; it cuts striped and checked objects into pieces),
+slic 0.52 / 0.51, chroma 0.61 / 0.64 with 4-5 segments a frame (about one per object). Chroma
+is used: it is the one whose segments are whole objects, as SAM's would be. The benchmark
+prints the table again for its own test clips.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from infra.config import compose  # noqa: E402
+from infra.schema.enrich import MaskigeConfig  # noqa: E402
+from tasks.enrich.mask_quality import format_table, measure_mask_sources  # noqa: E402
+from tasks.evaluate.compare import paired_bootstrap, read_per_video  # noqa: E402
+from tasks.synthavs.generate import generate_clip  # noqa: E402
+from tasks.synthavs.oracles import ORACLES, OracleScores  # noqa: E402
+
+SETS = {  # name -> (data preset, setting, models trained)
+    "s4": ("synth_hard", "s4", ("combo", "combo_no_audio", "combo_no_maskige", "combo_no_consistency", "tpavi", "avsac")),
+    "ms3": ("synth_hard", "ms3", ("combo", "combo_no_audio", "combo_no_maskige", "combo_no_consistency", "tpavi", "avsac")),
+    "sync_s4": ("synth_sync", "s4", ("combo", "tpavi")),
+}
+MODELS = {
+    "combo": ["model=combo_tiny"],
+    "combo_no_audio": ["model=combo_tiny", "model.use_audio=false"],
+    "combo_no_maskige": ["model=combo_tiny", "model.use_maskige=false"],
+    "combo_no_consistency": ["model=combo_tiny", "model.lambda_ada=0"],
+    "tpavi": ["model=tpavi_tiny"],
+    "avsac": ["model=avsac_tiny"],
+}
+MASK_SOURCES = ("felzenszwalb", "slic", "chroma")
+
+
+def data_overrides(args: argparse.Namespace, set_name: str, size: int) -> list[str]:
+    preset, setting, _ = SETS[set_name]
+    out = Path(args.out).resolve()
+    return [
+        f"data={preset}", f"data.setting={setting}", f"data.uri={Path(args.data_uri or out / 'synthavs').resolve()}",
+        f"data.synth.num_train_clips={args.train_clips}", f"data.synth.num_val_clips={args.val_clips}",
+        f"data.synth.num_test_clips={args.test_clips}", f"data.synth.frame_height={size}",
+        f"data.synth.frame_width={size}", f"data.synth.seed={args.seed}",
+        f"preprocess.output={Path(args.datasets or out / 'datasets').resolve()}", f"preprocess.maskige.classical_method={args.mask_source}",
+    ]
+
+
+def run_logged(cmd: list[str], log_path: Path, what: str) -> float:
+    """Run a flow as a user would; its output goes to log_path. Returns wall seconds."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-30:]
+        raise SystemExit(f"{what} failed (exit {proc.returncode}); last lines of {log_path}:\n" + "\n".join(tail))
+    return seconds
+
+
+def mask_source_table(synth_cfg, setting: str, clips: int) -> dict:
+    methods = {m: MaskigeConfig(classical_method=m) for m in MASK_SOURCES}
+    results = measure_mask_sources(synth_cfg, methods, num_clips=clips, setting=setting, split="test")
+    print(format_table(results), flush=True)
+    return {m: {"mean_best_iou": r["mean_best_iou"], "segments_per_frame": r["segments_per_frame"]}
+            for m, r in results.items()}
+
+
+def oracles_of(synth_cfg, setting: str, clip_ids: set[str]) -> tuple[dict, OracleScores]:
+    """The oracles over the test clips the models were scored on (clip ids of their reports)."""
+    scores = OracleScores()
+    for i in range(synth_cfg.num_test_clips):
+        scene = generate_clip(synth_cfg, setting, "test", i)
+        if clip_ids and scene.clip.clip_id not in clip_ids:
+            continue
+        scores.add(scene.clip.clip_id, scene.id_maps, scene.clip.meta["objects"], scene.clip.masks,
+                   scene.clip.gt_frames)
+    return scores.totals(), scores
+
+
+def train_one(args, set_name: str, model: str, data: list[str], run_root: Path) -> dict:
+    report = run_root / "reports" / set_name / model
+    run_name = f"quality-{set_name}-{model}"
+    cmd = [sys.executable, "-m", "flows.train_combo", *data, *MODELS[model], f"train={args.recipe}",
+           f"train.run_name={run_name}", f"train.storage_path={run_root}/runs", f"evaluate.output={report}",
+           *args.train_override]
+    wall = run_logged(cmd, run_root / "logs" / f"{set_name}-{model}.log", f"training {model} on {set_name}")
+    metrics = json.loads((report / "metrics.json").read_text())
+    per_video = (report / "per_video.csv").read_text()
+    ckpt_meta = _last_meta(run_root / "runs" / run_name)
+    train_s = sum(float(h.get("epoch_s", 0.0)) for h in ckpt_meta.get("history", []))
+    return {"miou": float(metrics["miou"]), "fscore": float(metrics["fscore"]), "train_s": round(train_s, 1),
+            "wall_s": round(wall, 1), "epochs": len(ckpt_meta.get("history", [])),
+            "per_video_miou": read_per_video(per_video, "miou"), "per_video_fscore": read_per_video(per_video, "fscore")}
+
+
+def _last_meta(run_dir: Path) -> dict:
+    metas = sorted(run_dir.glob("checkpoint_epoch*/meta.json"))
+    return json.loads(metas[-1].read_text()) if metas else {}
+
+
+def run_set(args, set_name: str) -> dict:
+    preset, setting, models = SETS[set_name]
+    models = [m for m in models if not args.models or m in args.models]
+    run_root = Path(args.out).resolve()
+    recipe = compose([f"train={args.recipe}", *args.train_override])
+    size = recipe.train.loader.image_size
+    data = data_overrides(args, set_name, size)
+    cfg = compose(data)
+    synth_cfg = cfg.data.synth
+    print(f"\n=== {set_name}: SynthAVS {synth_cfg.preset} {setting}, {size} px, {synth_cfg.num_train_clips} train / "
+          f"{synth_cfg.num_val_clips} val / {synth_cfg.num_test_clips} test clips; recipe train={args.recipe} "
+          f"({recipe.train.epochs} epochs, batch {recipe.train.loader.batch_size}, lr {recipe.train.lr}) ===", flush=True)
+    prep_s = run_logged([sys.executable, "-m", "flows.preprocess", *data], run_root / "logs" / f"{set_name}-preprocess.log",
+                        f"preprocessing {set_name}")
+    print(f"data set ready in {prep_s:.0f} s (generation + preprocess, or found)", flush=True)
+
+    print(f"Maskige sources on {args.mask_clips} test clips (mean best-match IoU against the true objects); "
+          f"the models see: {args.mask_source}", flush=True)
+    out: dict = {"mask_sources": mask_source_table(synth_cfg, setting, args.mask_clips),
+                 "mask_source_used": args.mask_source}
+
+    results = {}
+    for model in models:
+        print(f"training {model} ...", flush=True)
+        r = train_one(args, set_name, model, data, run_root)
+        results[model] = r
+        print(f"  {model:22s} mIoU {r['miou']:.4f}  F {r['fscore']:.4f}  ({r['epochs']} epochs, train {r['train_s']:.0f} s, "
+              f"run {r['wall_s']:.0f} s)", flush=True)
+
+    clip_ids = set(next(iter(results.values()))["per_video_miou"]) if results else set()
+    oracles, _ = oracles_of(synth_cfg, setting, clip_ids)
+    print(f"\n{set_name}: test mIoU / F-score ({len(clip_ids) or synth_cfg.num_test_clips} videos)")
+    print(f"  {'model':24s} {'mIoU':>7s} {'F':>7s} {'train s':>8s}")
+    for model, r in results.items():
+        print(f"  {model:24s} {r['miou']:7.4f} {r['fscore']:7.4f} {r['train_s']:8.0f}")
+    for name in ORACLES:
+        print(f"  {'oracle: ' + name:24s} {oracles[name]['miou']:7.4f} {oracles[name]['fscore']:7.4f}")
+    for model, r in results.items():
+        out[model] = {k: r[k] for k in ("miou", "fscore", "train_s", "wall_s", "epochs")}
+    out["oracles"] = oracles
+    for other, key in (("combo_no_audio", "combo_minus_no_audio"), ("tpavi", "combo_minus_tpavi")):
+        if "combo" in results and other in results:
+            diff = paired_bootstrap(results["combo"]["per_video_miou"], results[other]["per_video_miou"],
+                                    seed=args.seed)
+            out[key] = {k: round(v, 4) if isinstance(v, float) else v for k, v in diff.items()}
+            print(f"  COMBO - {other}: mIoU {diff['diff']:+.4f}, 95% interval [{diff['low']:+.4f}, {diff['high']:+.4f}] "
+                  f"(paired bootstrap over {diff['num_clips']} videos)"
+                  + ("  <- above zero" if diff["low"] > 0 else "  <- includes zero" if diff["high"] > 0 else ""))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    p.add_argument("--models", nargs="*", default=None, choices=list(MODELS), help="a subset of each set's models")
+    p.add_argument("--train-clips", type=int, default=3000)
+    p.add_argument("--val-clips", type=int, default=32)
+    p.add_argument("--test-clips", type=int, default=128)
+    p.add_argument("--mask-clips", type=int, default=16, help="test clips for the Maskige source table")
+    p.add_argument("--mask-source", default="chroma", choices=MASK_SOURCES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-uri", default=None, help="where SynthAVS is generated (default OUT/synthavs); found again when complete")
+    p.add_argument("--datasets", default=None, help="preprocess.output (default OUT/datasets)")
+    p.add_argument("--out", default=str(REPO / "outputs" / "bench_quality"))
+    p.add_argument("--recipe", default="synth_cpu", help="conf/train/<recipe>.yaml for every run (a GPU recipe on a GPU machine)")
+    p.add_argument("--train-override", nargs="*", default=[],
+                   help="extra overrides for every training run (e.g. train.epochs=2); the recipe stays conf/train/synth_cpu.yaml")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 48 / 8 / 16 clips, one epoch")
+    args = p.parse_args()
+    if args.quick:
+        args.train_clips, args.val_clips, args.test_clips, args.mask_clips = 48, 8, 16, 2
+        args.train_override = ["train.epochs=1", *args.train_override]
+        args.out = str(Path(args.out).with_name(Path(args.out).name + "_quick"))
+    started = time.perf_counter()
+    summary = {name: run_set(args, name) for name in args.sets}
+    print(f"\nbenchmark wall clock {time.perf_counter() - started:.0f} s")
+    print(json.dumps(summary, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
