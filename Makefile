@@ -20,7 +20,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The ephemeral Prefect server creates its database on the first run; Prefect's 20 s wait for
+# it is short on a busy 2-core machine.
 run: $(STAMP)
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
 	$(PY) -m flows.pipeline $(ARGS)
 
 test: $(STAMP)

@@ -13,6 +13,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# An ephemeral Prefect server with a fresh home creates its database first; Prefect waits 20 s
+# for it by default, which a loaded 2-core machine can exceed ("Timed out while attempting to
+# connect to ephemeral Prefect API server", seen with a training job beside the suite).
+EPHEMERAL_STARTUP_TIMEOUT_S = "120"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)
 
 TEST_KEY = "testing-key-id"
 TEST_SECRET = "testing-secret-value"

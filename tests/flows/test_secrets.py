@@ -45,6 +45,7 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
         PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
         PREFECT_LOGGING_LEVEL="DEBUG",  # every record Prefect makes goes to its database and the console
         PYTHONUNBUFFERED="1", RAY_ADDRESS="",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",  # a fresh home creates the database first (conftest)
         # botocore finds credentials only where the test puts them: no files, no instance metadata
         AWS_CONFIG_FILE=str(home / "no-aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(home / "no-aws-credentials"),
         AWS_EC2_METADATA_DISABLED="true",
