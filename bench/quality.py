@@ -1,6 +1,6 @@
 """Quality: do our models tell methods apart on SynthAVS, and how sure is the difference?
 
-    .venv/bin/python bench/quality.py                       # the whole benchmark (about 2 h on 2 cores)
+    .venv/bin/python bench/quality.py                       # the whole benchmark (2-2.5 h on 2 cores, see below)
     .venv/bin/python bench/quality.py --sets s4 --models combo combo_no_audio   # a part
     .venv/bin/python bench/quality.py --quick               # a smoke run: tiny sets, one epoch
 
@@ -35,6 +35,10 @@ What it prints, per set:
 Last line: ``{"s4": {"combo": {"miou", "fscore", "train_s", "wall_s"}, "combo_no_audio": ...,
 "oracles": {...}, "combo_minus_no_audio": {"diff", "low", "high", ...}, "mask_sources": {...}},
 "ms3": {...}, "sync_s4": {...}}``.
+
+Time on 2 cores (measured, partly beside other jobs): S4 and sync S4, 8 models, 86 min of training
+and evaluation plus about 20 min of generation and preprocessing; MS3's six models on 500 clips
+add about 30 min (not measured yet).
 
 Mask source. The classical sources measured on SynthAVS hard S4 test clips (16 clips,
 ``python -m tasks.enrich.mask_quality --size 96 128 --clips 16``): mean best-match IoU
@@ -191,11 +195,11 @@ def run_set(args, set_name: str) -> dict:
     clip_ids = set(next(iter(results.values()))["per_video_miou"]) if results else set()
     oracles, _ = oracles_of(synth_cfg, setting, clip_ids)
     print(f"\n{set_name}: test mIoU / F-score ({len(clip_ids) or synth_cfg.num_test_clips} videos)")
-    print(f"  {'model':24s} {'mIoU':>7s} {'F':>7s} {'train s':>8s}")
+    print(f"  {'model':30s} {'mIoU':>7s} {'F':>7s} {'train s':>8s}")
     for model, r in results.items():
-        print(f"  {model:24s} {r['miou']:7.4f} {r['fscore']:7.4f} {r['train_s']:8.0f}")
+        print(f"  {model:30s} {r['miou']:7.4f} {r['fscore']:7.4f} {r['train_s']:8.0f}")
     for name in ORACLES:
-        print(f"  {'oracle: ' + name:24s} {oracles[name]['miou']:7.4f} {oracles[name]['fscore']:7.4f}")
+        print(f"  {'oracle: ' + name:30s} {oracles[name]['miou']:7.4f} {oracles[name]['fscore']:7.4f}")
     for model, r in results.items():
         out[model] = {k: r[k] for k in ("miou", "fscore", "train_s", "wall_s", "epochs")}
     out["oracles"] = oracles
