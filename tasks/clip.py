@@ -45,6 +45,9 @@ class ClipDecodeError(Exception):
         self.reason = reason
         super().__init__(f"clip {clip_id!r}: {reason}")
 
+    def __reduce__(self):  # pickles (a child process, a Ray task) with both arguments
+        return (ClipDecodeError, (self.clip_id, self.reason))
+
 
 def check_frames(frames: np.ndarray) -> None:
     """Raise ValueError unless frames is uint8 [N, H, W, 3] (what every enrichment step takes)."""

@@ -250,3 +250,13 @@ def test_unknown_kind_and_bad_arguments():
         decode_clip(ref, Storage(), 0, 32)
     missing = decode_or_reject(ClipRef("gone", "video", "/nowhere/gone.mp4"), Storage(), 5, 32)
     assert isinstance(missing, Reject) and missing.reason.startswith("missing file")
+
+
+def test_a_decode_error_survives_pickling_with_its_reason():
+    import pickle
+
+    from tasks.clip import ClipDecodeError
+
+    back = pickle.loads(pickle.dumps(ClipDecodeError("s4/train/a", "moov atom not found")))
+    assert (back.clip_id, back.reason, str(back)) == ("s4/train/a", "moov atom not found",
+                                                     "clip 's4/train/a': moov atom not found")
