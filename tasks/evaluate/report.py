@@ -33,6 +33,7 @@ import math
 import posixpath
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -429,7 +430,9 @@ def _scalars(scores: dict[str, torch.Tensor]) -> dict[str, float]:
 def evaluate_checkpoint(checkpoint_uri: str, dataset_url: str, storage: Storage, out_dir: str, split: str = "test",
                         device: str = "cpu", batch_size: int = 4, expect_model: str | None = None,
                         num_overlays: int = 4, image_size: int | None = None, *, model_size: int | None = None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True,
+                        on_predictions: Callable[[list[str], torch.Tensor], None] | None = None,
+                        change_batch: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict:
     """Score the checkpoint on split of the data set (AVSBench protocol) and write the report
     (module docstring) under out_dir; returns metrics.json's content plus ``paths`` (name -> URL).
 
@@ -438,6 +441,13 @@ def evaluate_checkpoint(checkpoint_uri: str, dataset_url: str, storage: Storage,
     (binary vs semantic, classes, Maskiges, sizes, device); CheckpointError
     (tasks.train.checkpoint) for the checkpoint (missing, truncated, corrupt, unsafe, another
     model than expect_model).
+
+    on_predictions: called after each batch with its clip ids and what ``predict`` gave for
+    them (B x T x H x W logits, or B x T x (C + 1) x H x W scores), e.g. to compare the
+    predictions of another path (tasks/segment) with the ones scored here.
+
+    change_batch: applied to each batch (on the device) before the model sees it, e.g. to score
+    the model with other audio (tasks/evaluate/robustness.py); the ground truth scored is the batch's.
     """
     start = time.perf_counter()
     if batch_size < 1:
@@ -466,9 +476,13 @@ def evaluate_checkpoint(checkpoint_uri: str, dataset_url: str, storage: Storage,
         for batch in tqdm(loader, total=math.ceil(info.num_clips / batch_size), desc=f"evaluate {split}",
                           unit="batch", disable=not progress):
             batch = to_device(batch, dev)
+            if change_batch is not None:
+                batch = change_batch(batch)
             clips_seen += len(batch["clip_id"])
             outputs = model(**_to_model_size(model_inputs(batch), model_size))
             pred = predict(model, outputs, batch)
+            if on_predictions is not None:
+                on_predictions(list(batch["clip_id"]), pred)
             new = score_clips(metric, pred, batch)
             index = {clip_id: i for i, clip_id in enumerate(batch["clip_id"])}
             for row in new:
