@@ -20,9 +20,13 @@ more. Credentials reach a flow through the environment, a Prefect Secret block n
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import tempfile
 import threading
+import time
+import traceback
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -30,6 +34,7 @@ from prefect._internal.concurrency.services import _QueueServiceBase
 from prefect.flows import Flow
 from pydantic import Field
 
+from infra.console import WithoutTracebacks
 from infra.config import NO_CREDENTIALS_PATTERN, ConfigError, check_overrides, redact_overrides
 
 def _drop_prefect_exit_hooks() -> None:
@@ -96,12 +101,79 @@ def avs_flow(**flow_kwargs: Any) -> Callable[[Callable[..., Any]], AvsFlow]:
     return decorate
 
 
-def main(flow: AvsFlow, **kwargs: Any) -> None:
-    """``python -m flows.<name> override ...``: run the flow, print its result as JSON; a refused
-    or bad config is one line on stderr and exit status 2."""
+def root_cause(exc: BaseException) -> BaseException:
+    """The error a user must read, out of the wrappers a run puts around it: Ray's task and actor
+    errors (``.cause``), Ray Train's worker-group errors (the first failed worker's error) and
+    Python's ``raise ... from`` chains."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        failures = getattr(exc, "worker_failures", None)  # ray.train WorkerGroupError / TrainingFailedError
+        if isinstance(failures, dict) and failures:
+            exc = next(iter(failures.values()))
+            continue
+        inner = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError and relatives
+        if isinstance(inner, BaseException):
+            exc = inner
+            continue
+        if exc.__cause__ is not None:
+            exc = exc.__cause__
+            continue
+        break
+    return exc
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, the message's first line: Ray appends its own advice after it, and a
+    Ray error's text starts with the remote traceback (then its last exception line is taken)."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    if lines and lines[0].startswith(("ray::", "Traceback")):  # Ray's remote traceback text, not a message
+        tail = [ln for ln in lines if not ln.startswith((" ", "Traceback", "ray::"))]
+        lines = tail[-1:] if tail else lines[-1:]
+    return f"{type(exc).__name__}: {lines[0] if lines else repr(exc)}"
+
+
+class _PrefectConsole(WithoutTracebacks):
+    """Prefect's console lines without tracebacks (the flow run's log in Prefect, the API handler,
+    keeps them). Prefect's lines that repeat a failure's cause as it travels from task run to flow
+    run are shortened: main() prints the cause once, at the end."""
+
+    REPEATS = {"Task run failed with exception": "task run failed (the cause is at the end of the run)",
+               "Encountered exception during execution": "failed (the cause is at the end of the run)",
+               "Finished in state Failed(": "Finished in state Failed"}
+
+
+def _console_without_tracebacks() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for logger in [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                          if isinstance(v, logging.Logger))]:
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, WithoutTracebacks):
+                handler.setFormatter(_PrefectConsole(handler.formatter))
+
+
+def main(flow: AvsFlow, show: Callable[[Any], str] | None = None, **kwargs: Any) -> None:
+    """``python -m flows.<name> override ...``: run the flow, print its result (as JSON, or as
+    ``show(result)`` says); a refused or bad config is one line on stderr and exit status 2.
+
+    A run that fails ends with its cause, once: the console shows log records without their
+    tracebacks, and the last lines name the error (unwrapped from Ray's and Prefect's wrappers)
+    and a file with the full traceback; the flow run's log in Prefect keeps the tracebacks too.
+    """
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # Prefect's handlers exist now (idempotent), so that the console's can be changed
+    _console_without_tracebacks()
     try:
         result = flow(overrides=sys.argv[1:], **kwargs)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps(result, indent=2, default=str))
+    except Exception as e:  # noqa: BLE001 - the run's end: say the cause once, keep the traceback in a file
+        path = os.path.join(tempfile.gettempdir(), f"avs-{flow.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt")
+        with open(path, "w") as f:
+            f.write("".join(traceback.format_exception(e)))
+        print(f"\n{flow.name} failed: {describe(root_cause(e))}\n(full traceback: {path})", file=sys.stderr)
+        sys.exit(1)
+    print(show(result) if show else json.dumps(result, indent=2, default=str))

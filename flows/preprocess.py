@@ -28,9 +28,15 @@ def preprocess(overrides: Overrides = None) -> dict:
             them through the environment, storage.secret_block=<Secret block name>, or the
             work pool's job variables (see infra/schema/storage.py).
     """
-    log = get_run_logger()
     cfg = compose(overrides or [])
-    storage = Storage(cfg.storage)
+    return make_dataset(cfg, Storage(cfg.storage))
+
+
+def make_dataset(cfg, storage: Storage) -> dict:
+    """The preprocess flow's work on a composed config (also the pipeline's first stage): make
+    sure the source exists (SynthAVS is generated when missing), build or find the data set,
+    log the rejects. Returns the run's summary (``dataset_url``, counts, rates)."""
+    log = get_run_logger()
     root = cfg.data.uri
     if cfg.data.source == "synth":
         root, _, generated = synthesize(cfg, storage)

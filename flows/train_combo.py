@@ -14,6 +14,8 @@ skips the report (the last epoch's test metrics are still in the run's metrics).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -36,11 +38,19 @@ def train_combo(overrides: Overrides = None) -> dict:
             them through the environment, storage.secret_block=<Secret block name>, or the
             work pool's job variables (see infra/schema/storage.py).
     """
-    log = get_run_logger()
     overrides = list(overrides or [])
     cfg = compose(overrides)  # fail on a bad config before any work starts
     storage = Storage(cfg.storage)
-    dataset = dataset_for(cfg, overrides)
+    return train_and_report(cfg, storage, dataset_for(cfg, overrides))
+
+
+def train_and_report(cfg, storage: Storage, dataset: str, run_name: str | None = None) -> dict:
+    """Train on ``dataset`` (``run_name`` wins over ``train.run_name``), then score the last
+    checkpoint on ``train.test_split`` and write the report: the flow's work on a composed
+    config (also the pipeline's training and evaluation stages)."""
+    log = get_run_logger()
+    if run_name is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_name=run_name))
     result = train(cfg, storage, dataset, logger=log)
     summary = {"train": result.summary(), "report": None}
     if cfg.train.evaluate and result.checkpoint_uri:

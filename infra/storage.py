@@ -189,7 +189,10 @@ class Storage:
         for attempt in range(1, attempts + 1):
             try:
                 return fn()
-            except FileNotFoundError:
+            except FileNotFoundError as e:
+                if what in ("write", "upload"):  # nothing to find when writing: the bucket is missing
+                    raise StorageError(f"{what} {url} failed: {redact(str(e), self.cfg)} "
+                                       "(does the bucket exist?)") from None
                 raise
             except PermissionError as e:
                 raise StorageError(f"access denied to {url}: {redact(str(e), self.cfg)}") from None

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from infra.config import Config, config_hash, to_dict
 from infra.storage import Storage, absolute, join, require_shared
@@ -246,7 +247,9 @@ def build_shards(plans: list[ShardPlan], cfg: Config, storage: Storage, ds_url: 
     from infra.ray_runtime import cluster_has_gpus
 
     p = cfg.preprocess
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own bar below, a tick per shard
+    ctx.raise_original_map_exception = True  # a failed shard raises our error (naming its URI), not Ray Data's wrapper
     require_shared(ds_url, "preprocess.output")
     resources = ray.cluster_resources()
     gpus = p.gpus_per_actor if p.gpus_per_actor is not None else (1.0 if cluster_has_gpus() else 0.0)
@@ -281,9 +284,13 @@ def build_shards(plans: list[ShardPlan], cfg: Config, storage: Storage, ds_url: 
         num_cpus=p.task_cpus,
     )
     sidecars, embeddings = [], {}
-    for row in ds.iter_rows():
-        sidecars.append(json.loads(row["sidecar"]))
-        embeddings[int(row["shard"])] = pickle.loads(row["embeddings"])
+    clips = sum(len(plan.refs) for plan in plans)
+    with tqdm(total=clips, desc="preprocess", unit="clip", disable=not progress, mininterval=2.0) as bar:
+        for row in ds.iter_rows():  # a row per finished shard
+            sidecar = json.loads(row["sidecar"])
+            sidecars.append(sidecar)
+            embeddings[int(row["shard"])] = pickle.loads(row["embeddings"])
+            bar.update(len(next(plan.refs for plan in plans if plan.index == sidecar["index"])))
     return sidecars, embeddings
 
 
@@ -364,6 +371,13 @@ def check_checkpoints(cfg: Config, storage: Storage) -> None:
     for key, uri in wanted:
         if uri and not storage.exists(uri):
             raise FileNotFoundError(f"{key}: checkpoint {uri} does not exist (or cannot be seen with these credentials)")
+    from tasks.enrich.embed import source_warning as embed_source_warning
+    from tasks.enrich.maskige import source_warning as maskige_source_warning
+
+    # Said here, once, on the driver: the enrichment actors say it too, in their own logs.
+    for warning in (maskige_source_warning(p.maskige), embed_source_warning(p.embed)):
+        if warning:
+            log.warning(warning)
 
 
 def run_preprocess(cfg: Config, storage: Storage, source_root: str | None = None, progress: bool = True) -> PreprocessResult:

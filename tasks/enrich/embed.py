@@ -237,6 +237,16 @@ def classical_embedding(frames: np.ndarray) -> np.ndarray:
 
 # -- the embedder ----------------------------------------------------------------------
 
+def source_warning(cfg: EmbedConfig) -> str | None:
+    """The loud line a run gets when its embeddings do not come from DINO, else None."""
+    if cfg.source == "dino" and cfg.checkpoint is None:
+        return ("!!! embed.source is 'dino' but embed.checkpoint is not set: embeddings are CLASSICAL "
+                "colour/shape features, NO DINO checkpoint is used !!!")
+    if cfg.source == "classical":
+        return "!!! embeddings are CLASSICAL colour/shape features, NO DINO checkpoint is used (embed.source='classical') !!!"
+    return None
+
+
 class FrameEmbedder:
     """Frames -> L2-normalised embeddings. Build once per worker, call on batches."""
 
@@ -245,13 +255,11 @@ class FrameEmbedder:
         self.source = self.cfg.source
         self.checkpoint_sha256: str | None = None
         self.model: torch.nn.Module | None = None
+        warning = source_warning(self.cfg)
+        if warning:
+            log.warning(warning)
         if self.source == "dino" and self.cfg.checkpoint is None:
-            log.warning("!!! embed.source is 'dino' but embed.checkpoint is not set: embeddings are CLASSICAL "
-                        "colour/shape features, NO DINO checkpoint is used !!!")
             self.source = "classical"
-        elif self.source == "classical":
-            log.warning("!!! embeddings are CLASSICAL colour/shape features, NO DINO checkpoint is used "
-                        "(embed.source='classical') !!!")
         if self.source in ("dino", "dino_tiny"):
             from tasks.enrich.sam import default_device
 

@@ -267,6 +267,16 @@ def classical_masks(frame: np.ndarray, cfg: MaskigeConfig) -> list[np.ndarray]:
     return [labels == v for v in np.unique(labels)]
 
 
+def source_warning(cfg: MaskigeConfig) -> str | None:
+    """The loud line a run gets when its Maskiges do not come from SAM, else None."""
+    if cfg.source == "sam" and cfg.sam.checkpoint is None:
+        return (f"!!! maskige.source is 'sam' but maskige.sam.checkpoint is not set: Maskiges come from "
+                f"CLASSICAL {cfg.classical_method} segmentation, NOT SAM !!!")
+    if cfg.source == "classical":
+        return f"!!! Maskiges come from CLASSICAL {cfg.classical_method} segmentation, NOT SAM (maskige.source='classical') !!!"
+    return None
+
+
 class MaskigeMaker:
     """Frames -> Maskiges, with SAM (batched), a tiny random SAM, or classical segments.
 
@@ -279,13 +289,11 @@ class MaskigeMaker:
         self.checkpoint_sha256: str | None = None
         self.generator = None
         sam_cfg = self.cfg.sam
+        warning = source_warning(self.cfg)
+        if warning:
+            log.warning(warning)
         if self.source == "sam" and sam_cfg.checkpoint is None:
-            log.warning("!!! maskige.source is 'sam' but maskige.sam.checkpoint is not set: Maskiges come from "
-                        "CLASSICAL %s segmentation, NOT SAM !!!", self.cfg.classical_method)
             self.source = "classical"
-        elif self.source == "classical":
-            log.warning("!!! Maskiges come from CLASSICAL %s segmentation, NOT SAM (maskige.source='classical') !!!",
-                        self.cfg.classical_method)
         if self.source in ("sam", "sam_tiny"):
             from tasks.enrich.sam import BatchedSamMaskGenerator, build_sam_tiny, default_device, load_sam_with_sha256
 

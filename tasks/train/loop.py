@@ -76,6 +76,7 @@ class TrainPlan:
     steps_per_epoch: int  # an upper bound (the poly schedule spans epochs x this)
     run_dir: str  # {storage_path}/{run name}
     init_checkpoint: str | None = None  # train.resume_from, when the run has no checkpoint yet
+    latest_checkpoint: str | None = None  # the run's own latest checkpoint (checked), when it has one
 
 
 def train_loop_per_worker(config: dict[str, Any], storage: Storage | None = None) -> None:

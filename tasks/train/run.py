@@ -47,7 +47,9 @@ flow's Prefect logger), one line per epoch: loss, val mIoU and F, samples/s, ETA
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -264,6 +266,24 @@ def _check_shared(dataset_url: str, run_dir: str) -> None:
             raise TrainSetupError(str(e)) from None
 
 
+# Settings that say where a run lives or how it recovers, not what it learns; the epochs too, so that
+# a rerun with more epochs continues the same run.
+_NOT_IN_RUN_NAME = ("run_name", "storage_path", "resume", "resume_from", "evaluate", "epochs", "max_failures",
+                    "checkpoint_every", "num_to_keep", "collective_timeout_s", "hooks")
+
+
+def config_run_name(cfg: Config, dataset_version: str, prefix: str = "") -> str:
+    """A run name that follows from what is trained: ``{prefix}{model}-{data set version}-{hash}``,
+    the hash over the model's options, the training settings that change what is learned, and the
+    seed. The same config on the same data set gives the same name, so a rerun resumes (or reuses
+    a finished run) instead of starting over."""
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _NOT_IN_RUN_NAME}
+    what = {"model": dataclasses.asdict(cfg.model), "train": train, "seed": cfg.seed}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    version = dataset_version.removeprefix("v-")
+    return f"{prefix}{cfg.model.registry_name}-{version}-{digest}"
+
+
 def runs_root(cfg: Config) -> str:
     """Where runs live: train.storage_path, or {output}/train (absolute: workers chdir elsewhere)."""
     return absolute(cfg.train.storage_path or join(cfg.output, "train"))
@@ -290,7 +310,8 @@ def prepare(cfg: Config, storage: Storage, dataset_url: str, run_name: str) -> T
         if options.get(key) and not storage.exists(options[key]):
             raise TrainSetupError(f"model.{key}={options[key]}: no such file")
     init = None
-    if _check_existing_run(run_dir, run_name, storage, cfg, model, manifest.dataset_version) is None and t.resume_from:
+    latest = _check_existing_run(run_dir, run_name, storage, cfg, model, manifest.dataset_version)
+    if latest is None and t.resume_from:
         init = absolute(t.resume_from)
         try:
             loaded = load_checkpoint(init, storage, expect_model=model)
@@ -299,7 +320,8 @@ def prepare(cfg: Config, storage: Storage, dataset_url: str, run_name: str) -> T
         _check_weights_fit(dry, loaded.model_state, f"train.resume_from={t.resume_from}")
     return TrainPlan(model=model, model_options=options, num_classes=num_classes, setting=setting,
                      dataset_url=dataset_url, dataset_version=manifest.dataset_version,
-                     steps_per_epoch=_steps_per_epoch(manifest, cfg), run_dir=run_dir, init_checkpoint=init)
+                     steps_per_epoch=_steps_per_epoch(manifest, cfg), run_dir=run_dir, init_checkpoint=init,
+                     latest_checkpoint=latest)
 
 
 # -- progress on the driver ------------------------------------------------------------------
@@ -405,6 +427,18 @@ def run_training(cfg: Config, storage: Storage, dataset_url: str,
     t = cfg.train
     run_name = t.run_name or f"{cfg.model.registry_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     plan = prepare(cfg, storage, dataset_url, run_name)  # before Ray: bad input costs no start-up
+    result = TrainResult(run_name=run_name, run_dir=plan.run_dir, checkpoint_uri=None, metrics={}, history=[],
+                         dataset_url=plan.dataset_url, dataset_version=plan.dataset_version, model=plan.model,
+                         setting=plan.setting)
+    if plan.latest_checkpoint is not None:
+        meta = read_meta(plan.latest_checkpoint, storage)
+        if meta.epoch >= t.epochs:  # a finished run: nothing to train, no Ray Train start-up
+            logger.info("run %s finished already (epoch %d of train.epochs=%d, %s): reusing it; raise train.epochs "
+                        "to train it further, or give another train.run_name to start over", run_name, meta.epoch,
+                        t.epochs, plan.latest_checkpoint)
+            result.checkpoint_uri, result.metrics, result.history = (plan.latest_checkpoint, dict(meta.metrics),
+                                                                     list(meta.history))
+            return result
     init_ray(cfg.cluster)
     _check_shared(plan.dataset_url, plan.run_dir)
     if t.use_gpu and not ray.cluster_resources().get("GPU"):
@@ -429,9 +463,6 @@ def run_training(cfg: Config, storage: Storage, dataset_url: str,
             callbacks=[EpochProgress(queue), *callbacks],
         ),
     )
-    result = TrainResult(run_name=run_name, run_dir=plan.run_dir, checkpoint_uri=None, metrics={}, history=[],
-                         dataset_url=plan.dataset_url, dataset_version=plan.dataset_version, model=plan.model,
-                         setting=plan.setting)
     try:
         with _follow(queue, logger, t.epochs, t.max_failures, result):
             fitted = trainer.fit()

@@ -13,49 +13,19 @@ so that an empty scan cannot pass for a clean one.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "data.synth.frame_height=64", "data.synth.frame_width=64", "data.synth.num_train_clips=2",
-    "data.synth.num_val_clips=1", "data.synth.num_test_clips=1", "preprocess.shards.samples_per_shard=2",
-    "preprocess.pairs.k_pos=2", "preprocess.pairs.num_neg=2", "cluster.num_cpus=2", "storage.retry_backoff_s=0.05",
-]
-
+from prefect_env import REPO, TINY, flow_runs, rows, run_python, user_env
 
 def _distinct(tag: str) -> str:
     return f"avs-{tag}-{uuid.uuid4().hex}"  # found nowhere by chance
-
-
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    """A user's shell: no Prefect or AWS settings of the test runner, Prefect's home in tmp."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
-    env.update(
-        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-        PREFECT_LOGGING_LEVEL="DEBUG",  # every record Prefect makes goes to its database and the console
-        PYTHONUNBUFFERED="1", RAY_ADDRESS="",
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",  # a fresh home creates the database first (conftest)
-        # botocore finds credentials only where the test puts them: no files, no instance metadata
-        AWS_CONFIG_FILE=str(home / "no-aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(home / "no-aws-credentials"),
-        AWS_EC2_METADATA_DISABLED="true",
-    )
-    env.update(extra)
-    return env
-
-
-def _run(args: list[str], env: dict[str, str], timeout: int = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _db_hits(db: Path, needles: list[str]) -> list[str]:
@@ -87,18 +57,6 @@ def _file_hits(root: Path, needles: list[str]) -> list[str]:
     return hits
 
 
-def _rows(db: Path, sql: str) -> list[tuple]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
-def _flow_runs(db: Path) -> list[tuple[str, str]]:
-    return _rows(db, "SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON r.flow_id = f.id ORDER BY f.name")
-
-
 def _assert_no_secret_anywhere(home: Path, proc: subprocess.CompletedProcess, secrets: list[str], ray_dir: Path) -> None:
     db = home / "prefect.db"
     assert _db_hits(db, secrets) == []
@@ -108,31 +66,6 @@ def _assert_no_secret_anywhere(home: Path, proc: subprocess.CompletedProcess, se
     assert _file_hits(ray_dir, secrets) == [], "a credential in Ray's session folder (its logs)"
     for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
         assert not [s for s in secrets if s in stream], f"a credential in the run's {name}"
-
-
-@pytest.fixture()
-def prefect_home(tmp_path):
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    return home
-
-
-@pytest.fixture()
-def ray_tmp():
-    # Ray's session folder (its logs) for one run; short, as Ray's socket paths must be.
-    d = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture()
-def s3_bucket(s3_server):
-    import boto3
-
-    bucket = f"secrets-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="setup", aws_secret_access_key="setup",
-                 region_name="us-east-1").create_bucket(Bucket=bucket)
-    return bucket
 
 
 def _reader(s3_server, key: str, secret: str):
@@ -146,24 +79,29 @@ def _reader(s3_server, key: str, secret: str):
 def test_pipeline_with_environment_credentials_leaves_no_secret_in_prefect(prefect_home, ray_tmp, s3_server, s3_bucket):
     key, secret, token = _distinct("key"), _distinct("secret"), _distinct("token")
     bucket = f"s3://{s3_bucket}"
-    env = _env(prefect_home, AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, AWS_SESSION_TOKEN=token,
+    env = user_env(prefect_home, AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, AWS_SESSION_TOKEN=token,
                AWS_ENDPOINT_URL=s3_server, AWS_DEFAULT_REGION="us-east-1", RAY_TMPDIR=str(ray_tmp),
                PREFECT_RESULTS_PERSIST_BY_DEFAULT="true")  # task and flow results written under PREFECT_HOME too
-    args = [*TINY, "storage=s3", f"data.uri={bucket}/synth", f"preprocess.output={bucket}/datasets", f"output={bucket}/out"]
-    proc = _run(["-m", "flows.pipeline", *args], env)
+    args = [*TINY, "storage=s3", f"data.uri={bucket}/synth", f"preprocess.output={bucket}/datasets", f"output={bucket}/out",
+            "train.epochs=1"]
+    proc = run_python(["-m", "flows.pipeline", *args], env)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     # The run happened, against the S3 server, with the environment's credentials (botocore has no others here).
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
-    assert summary["preprocess"]["samples"] == 4 and summary["preprocess"]["dataset_url"].startswith(bucket)
     s3 = _reader(s3_server, key, secret)
+    written = s3.glob(f"{bucket}/out/runs/*/summary.json")
+    assert len(written) == 1 and written[0] in proc.stdout  # the run ends by saying where it is
+    summary = json.loads(s3.read_text(written[0]))
+    assert summary["preprocess"]["samples"] == 4 and summary["preprocess"]["dataset_url"].startswith(bucket)
     assert s3.exists(f"{summary['preprocess']['dataset_url']}/manifest.json")
-    assert s3.glob(f"{bucket}/out/runs/*/summary.json")
+    assert summary["train"]["checkpoint"].startswith(f"{bucket}/out/train/") and summary["report"]["dir"].startswith(bucket)
+    assert s3.exists(summary["report"]["paths"]["metrics"])
     db = prefect_home / "prefect.db"
-    assert _flow_runs(db) == [("pipeline", "COMPLETED"), ("preprocess", "COMPLETED")]
-    tasks = {name.rsplit("-", 1)[0]: state for name, state in _rows(db, "SELECT name, state_type FROM task_run")}
-    assert tasks.get("synthavs") == "COMPLETED" and tasks.get("build-shards") == "COMPLETED"
-    logs = [m for (m,) in _rows(db, "SELECT message FROM log")]
+    assert flow_runs(db) == [("pipeline", "COMPLETED")]
+    tasks = {name.rsplit("-", 1)[0]: state for name, state in rows(db, "SELECT name, state_type FROM task_run")}
+    assert {t: tasks.get(t) for t in ("synthavs", "build-shards", "train", "evaluate-checkpoint")} == dict.fromkeys(
+        ("synthavs", "build-shards", "train", "evaluate-checkpoint"), "COMPLETED")
+    logs = [m for (m,) in rows(db, "SELECT message FROM log")]
     assert any(m.startswith("preprocess: ") for m in logs) and len(logs) > 20  # the run's log records are there ...
     assert any("storage=s3" in h for h in _db_hits(db, ["storage=s3"]))  # ... and the scan sees the parameters
     assert [p for p in (prefect_home / "storage").rglob("*") if p.is_file()]  # persisted results, scanned below
@@ -174,24 +112,24 @@ def test_pipeline_with_environment_credentials_leaves_no_secret_in_prefect(prefe
 @pytest.mark.slow
 def test_synth_with_a_secret_block_leaves_no_secret_in_prefect(prefect_home, ray_tmp, s3_server, s3_bucket):
     key, secret = _distinct("blockkey"), _distinct("blocksecret")
-    env = _env(prefect_home, RAY_TMPDIR=str(ray_tmp))  # no AWS credentials in the environment at all
+    env = user_env(prefect_home, RAY_TMPDIR=str(ray_tmp))  # no AWS credentials in the environment at all
     save = ("import sys\nfrom prefect.blocks.system import Secret\n"
             "Secret(value={'key': sys.argv[1], 'secret': sys.argv[2]}).save('avs-test-s3')\n")
-    made = _run(["-c", save, key, secret], env, timeout=120)
+    made = run_python(["-c", save, key, secret], env, timeout=120)
     assert made.returncode == 0, made.stderr[-2000:]
 
     bucket = f"s3://{s3_bucket}"
     args = [*TINY, "storage=s3", "storage.secret_block=avs-test-s3", f"storage.endpoint_url={s3_server}",
             f"data.uri={bucket}/synth"]
-    proc = _run(["-m", "flows.synth", *args], env)
+    proc = run_python(["-m", "flows.synth", *args], env)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["generated"] and result["root"].startswith(bucket)
     assert _reader(s3_server, key, secret).walk_files(result["root"])  # written with the block's credentials
     db = prefect_home / "prefect.db"
-    assert _flow_runs(db) == [("synthavs", "COMPLETED")]
-    assert _rows(db, "SELECT name FROM block_document WHERE name = 'avs-test-s3'")  # kept by Prefect, encrypted
+    assert flow_runs(db) == [("synthavs", "COMPLETED")]
+    assert rows(db, "SELECT name FROM block_document WHERE name = 'avs-test-s3'")  # kept by Prefect, encrypted
     assert any("avs-test-s3" in h for h in _db_hits(db, ["avs-test-s3"]))
 
     _assert_no_secret_anywhere(prefect_home, proc, [key, secret], ray_tmp)
@@ -201,56 +139,15 @@ def test_synth_with_a_secret_block_leaves_no_secret_in_prefect(prefect_home, ray
 @pytest.mark.slow
 def test_a_credential_override_is_refused_and_nothing_is_recorded(prefect_home):
     secret = _distinct("override")
-    env = _env(prefect_home)
-    proc = _run(["-m", "flows.preprocess", "data=synth_easy", f"storage.secret={secret}"], env, timeout=120)
+    env = user_env(prefect_home)
+    proc = run_python(["-m", "flows.preprocess", "data=synth_easy", f"storage.secret={secret}"], env, timeout=120)
     assert proc.returncode == 2
     assert "refused override storage.secret" in proc.stderr
     assert "AWS_SECRET_ACCESS_KEY" in proc.stderr and "storage.secret_block=<block name>" in proc.stderr
     assert secret not in proc.stdout and secret not in proc.stderr
     assert _file_hits(prefect_home, [secret]) == []
     db = prefect_home / "prefect.db"
-    assert not db.exists() or _rows(db, "SELECT count(*) FROM flow_run") == [(0,)]  # refused before any flow run
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture()
-def prefect_server(prefect_home, tmp_path):
-    """A real local Prefect server (its database in prefect_home); yields (api_url, log path)."""
-    import time
-    import urllib.request
-
-    port = _free_port()
-    log = tmp_path / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                                 str(port)], cwd=tmp_path, env=_env(prefect_home), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        yield url, log
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    assert not db.exists() or rows(db, "SELECT count(*) FROM flow_run") == [(0,)]  # refused before any flow run
 
 
 @pytest.mark.slow
@@ -260,7 +157,7 @@ def test_deployments_take_credentials_from_the_work_pool_and_refuse_them_as_para
     job variables reference (infra/prefect/avs-process-pool.json), a process worker runs the flow."""
     api, server_log = prefect_server
     key, secret, refused = _distinct("poolkey"), _distinct("poolsecret"), _distinct("refused")
-    env = _env(prefect_home, PREFECT_API_URL=api, AVS_PROJECT_DIR=str(REPO), RAY_TMPDIR=str(ray_tmp))
+    env = user_env(prefect_home, PREFECT_API_URL=api, AVS_PROJECT_DIR=str(REPO), RAY_TMPDIR=str(ray_tmp))
     prefect = [sys.executable, "-m", "prefect"]
 
     def cli(*args: str, timeout: int = 200) -> subprocess.CompletedProcess:
@@ -268,7 +165,7 @@ def test_deployments_take_credentials_from_the_work_pool_and_refuse_them_as_para
 
     save = ("import sys\nfrom prefect.blocks.system import Secret\n"
             "Secret(value={'key': sys.argv[1], 'secret': sys.argv[2]}).save('avs-s3')\n")
-    steps = [_run(["-c", save, key, secret], env, timeout=120),
+    steps = [run_python(["-c", save, key, secret], env, timeout=120),
              cli("work-pool", "create", "avs-process", "--type", "process", "--base-job-template",
                  str(REPO / "infra" / "prefect" / "avs-process-pool.json")),
              cli("--no-prompt", "deploy", "--all")]
@@ -287,9 +184,9 @@ def test_deployments_take_credentials_from_the_work_pool_and_refuse_them_as_para
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
 
     db = prefect_home / "prefect.db"
-    assert _flow_runs(db) == [("synthavs", "COMPLETED")], worker.stdout[-3000:] + worker.stderr[-3000:]
+    assert flow_runs(db) == [("synthavs", "COMPLETED")], worker.stdout[-3000:] + worker.stderr[-3000:]
     assert _reader(s3_server, key, secret).glob(f"{bucket}/synth/*/synthavs.json")  # written with the pool's credentials
-    template = _rows(db, "SELECT base_job_template FROM work_pool WHERE name = 'avs-process'")[0][0]
+    template = rows(db, "SELECT base_job_template FROM work_pool WHERE name = 'avs-process'")[0][0]
     assert "{{ prefect.blocks.secret.avs-s3.secret }}" in template  # the server keeps the reference only
 
     # (bad's own output quotes the refused value back: the server's answer to whoever typed it)
