@@ -34,6 +34,10 @@ class LoaderConfig:
     augment: bool = True  # random resized crop + horizontal flip, identical for frames, Maskiges, masks
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # (min, max) area fraction of the crop
     hflip_p: float = 0.5
+    # Training only (with augment): the share of clips whose audio is replaced by silence and whose
+    # masks are emptied (nothing sounds, so nothing is segmented). A model that never hears silence
+    # in training marks pixels under silence all the same (bench/robustness.py measures it).
+    silent_audio_prob: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -51,3 +55,5 @@ class LoaderConfig:
         self.crop_scale = [float(scale[0]), float(scale[1])]
         if not 0.0 <= self.hflip_p <= 1.0:
             raise ValueError(f"loader.hflip_p must be in [0, 1], got {self.hflip_p}")
+        if not 0.0 <= self.silent_audio_prob <= 1.0:
+            raise ValueError(f"loader.silent_audio_prob must be in [0, 1], got {self.silent_audio_prob}")

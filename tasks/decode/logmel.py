@@ -92,3 +92,9 @@ def log_mel_examples(audio: np.ndarray, num_seconds: int, sample_rate: int = SAM
     frames = audio[starts[:, None, None] + offsets] * _WINDOW  # [T, 96, 400]
     spectrum = np.abs(np.fft.rfft(frames, n=FFT, axis=-1))  # [T, 96, 257]
     return np.log(spectrum @ _MEL + LOG_OFFSET).astype(np.float32)
+
+
+def silence(num_seconds: int) -> np.ndarray:
+    """float32 [num_seconds, 96, 64]: the log-mel examples of a silent clip (every bin is
+    log(LOG_OFFSET), whatever the framing), rounded through float16 as the shards store them."""
+    return log_mel_examples(np.zeros(1), num_seconds).astype(np.float16).astype(np.float32)

@@ -47,6 +47,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from infra.schema.shards import LoaderConfig
 from infra.storage import Storage
+from tasks.decode.logmel import silence
 from tasks.shards.manifest import read_manifest
 from tasks.shards.schema import ClipSample, decode_sample, sample_meta
 
@@ -157,15 +158,16 @@ class ClipTransform:
     """
 
     def __init__(self, size: int, augment: bool, crop_scale: tuple[float, float] = (0.5, 1.0),
-                 hflip_p: float = 0.5):
+                 hflip_p: float = 0.5, silent_audio_prob: float = 0.0):
         self.size = int(size)
         self.augment = augment
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.hflip_p = float(hflip_p)
+        self.silent_audio_prob = float(silent_audio_prob)
 
     @classmethod
     def from_config(cls, cfg: LoaderConfig) -> ClipTransform:
-        return cls(cfg.image_size, cfg.augment, tuple(cfg.crop_scale), cfg.hflip_p)
+        return cls(cfg.image_size, cfg.augment, tuple(cfg.crop_scale), cfg.hflip_p, cfg.silent_audio_prob)
 
     def geometry(self, height: int, width: int, rng: np.random.Generator) -> tuple[tuple[int, int, int, int], bool]:
         """The crop box (top, left, h, w) and flip decision for one clip."""
@@ -199,12 +201,17 @@ class ClipTransform:
         else:
             masks = torch.zeros(t, self.size, self.size, dtype=torch.long)
         gt = clip.gt_frames if clip.masks is not None else [False] * t
+        logmel = np.ascontiguousarray(clip.logmel, np.float32)
+        # drawn after the clip's crop and flip (with silent_audio_prob 0 nothing is drawn: seeds keep their crops)
+        if self.augment and self.silent_audio_prob > 0 and rng.random() < self.silent_audio_prob:
+            logmel = silence(t)
+            masks = torch.zeros_like(masks)  # background (0) in the binary and the semantic settings
         return {
             "frames": frames.contiguous(),
             "maskige": maskige.contiguous(),
             "masks": masks.contiguous(),
             "gt_frames": torch.tensor(gt, dtype=torch.bool),
-            "logmel": torch.from_numpy(np.ascontiguousarray(clip.logmel, np.float32)),
+            "logmel": torch.from_numpy(logmel),
             "has_maskige": clip.maskiges is not None,
             "clip_id": clip.clip_id,
         }
