@@ -51,14 +51,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import last_meta, run_logged  # noqa: E402  (bench/, the script's folder)
 
 from infra.config import compose  # noqa: E402
 from infra.schema.enrich import MaskigeConfig  # noqa: E402
@@ -96,20 +96,6 @@ def data_overrides(args: argparse.Namespace, set_name: str, size: int) -> list[s
     ]
 
 
-def run_logged(cmd: list[str], log_path: Path, what: str) -> float:
-    """Run a flow as a user would; its output goes to log_path. Returns wall seconds."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = log_path.read_text(errors="replace").splitlines()[-30:]
-        raise SystemExit(f"{what} failed (exit {proc.returncode}); last lines of {log_path}:\n" + "\n".join(tail))
-    return seconds
-
-
 def mask_source_table(synth_cfg, setting: str, clips: int) -> dict:
     methods = {m: MaskigeConfig(classical_method=m) for m in MASK_SOURCES}
     results = measure_mask_sources(synth_cfg, methods, num_clips=clips, setting=setting, split="test")
@@ -136,7 +122,7 @@ def train_one(args, set_name: str, model: str, data: list[str], run_root: Path, 
     cmd = [sys.executable, "-m", "flows.train_combo", *data, *MODELS[model], f"train={args.recipe}",
            f"train.run_name={run_name}", f"train.storage_path={run_root}/runs", f"evaluate.output={report}",
            *args.train_override]
-    ckpt_meta = _last_meta(run_root / "runs" / run_name)
+    ckpt_meta = last_meta(run_root / "runs" / run_name)
     finished = (report / "metrics.json").exists() and ckpt_meta.get("epoch") == epochs
     if not finished and args.only_found:
         print(f"  {model}: no finished run {run_name} (--only-found): not trained", flush=True)
@@ -148,18 +134,13 @@ def train_one(args, set_name: str, model: str, data: list[str], run_root: Path, 
         print(f"training {model} ...", flush=True)
         wall = run_logged(cmd, run_root / "logs" / f"{set_name}-{model}.log", f"training {model} on {set_name}")
         (report / "bench_wall.json").write_text(json.dumps({"wall_s": wall}))
-        ckpt_meta = _last_meta(run_root / "runs" / run_name)
+        ckpt_meta = last_meta(run_root / "runs" / run_name)
     metrics = json.loads((report / "metrics.json").read_text())
     per_video = (report / "per_video.csv").read_text()
     train_s = sum(float(h.get("epoch_s", 0.0)) for h in ckpt_meta.get("history", []))
     return {"miou": float(metrics["miou"]), "fscore": float(metrics["fscore"]), "train_s": round(train_s, 1),
             "wall_s": round(wall, 1), "epochs": len(ckpt_meta.get("history", [])),
             "per_video_miou": read_per_video(per_video, "miou"), "per_video_fscore": read_per_video(per_video, "fscore")}
-
-
-def _last_meta(run_dir: Path) -> dict:
-    metas = sorted(run_dir.glob("checkpoint_epoch*/meta.json"))
-    return json.loads(metas[-1].read_text()) if metas else {}
 
 
 def run_set(args, set_name: str) -> dict:

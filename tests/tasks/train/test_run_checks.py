@@ -140,3 +140,17 @@ def test_no_worker_starts_on_bad_input(tmp_path, monkeypatch):
     monkeypatch.setattr(train_run, "init_ray", lambda cfg: {})
     with pytest.raises(TrainSetupError, match="no manifest.json"):
         train_run.run_training(_cfg(tmp_path), Storage(), str(tmp_path / "nowhere"))
+
+
+def test_a_run_name_follows_from_what_is_trained():
+    from tasks.train.run import config_run_name
+
+    base = config_run_name(compose([]), "v-0123456789ab", prefix="pipeline-")
+    assert base.startswith("pipeline-combo_tiny-0123456789ab-") and base == config_run_name(compose([]), "v-0123456789ab",
+                                                                                            prefix="pipeline-")
+    same = ["train.epochs=9", "train.storage_path=/elsewhere", "train.max_failures=5", "output=/x"]  # where, how long
+    assert config_run_name(compose(same), "v-0123456789ab", prefix="pipeline-") == base
+    for other in (["train.lr=0.0002"], ["model.lambda_ada=3"], ["model=tpavi_tiny"], ["seed=1"],
+                  ["train.loader.image_size=64"]):
+        assert config_run_name(compose(other), "v-0123456789ab", prefix="pipeline-") != base, other
+    assert config_run_name(compose([]), "v-ffffffffffff", prefix="pipeline-") != base

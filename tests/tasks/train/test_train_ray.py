@@ -124,6 +124,19 @@ def test_a_rerun_with_the_same_run_name_resumes(faulted, s3):
     _assert_each_clip_once(result.reports, _train_clips(dataset_url, storage))
 
 
+@pytest.mark.slow
+def test_a_rerun_of_a_finished_run_reuses_it_without_starting_ray_train(faulted, s3, monkeypatch):
+    from tasks.train import run as run_module
+
+    storage, bucket, overrides, dataset_url = s3
+    monkeypatch.setattr(run_module, "TorchTrainer", lambda *a, **k: pytest.fail("Ray Train was started"))
+    again = compose([*FAST, *overrides, f"output={bucket}/out", "train.run_name=faulted", "train.epochs=2"])
+    result = run_training(again, storage, dataset_url, logging.getLogger("test.train"))
+    latest = run_module._latest_run_checkpoint(result.run_dir, storage)  # epoch 2, or 3 after the resume test
+    assert result.reports == [] and result.checkpoint_uri == latest and result.metrics["epoch"] >= 2
+    assert result.summary()["epochs_this_run"] == 0
+
+
 TWO_NODES = """
 import json, sys
 import ray
