@@ -91,6 +91,11 @@ def test_pipeline_with_environment_credentials_leaves_no_secret_in_prefect(prefe
     s3 = _reader(s3_server, key, secret)
     written = s3.glob(f"{bucket}/out/runs/*/summary.json")
     assert len(written) == 1 and written[0] in proc.stdout  # the run ends by saying where it is
+    assert "Pipeline done in" in proc.stdout and "overlays" in proc.stdout
+    # Ray's own lines stay in its log files: the console has ours
+    for noise in ("Token authentication is enabled", "core_worker.cc", "logging_progress", "PlacementGroupCleaner",
+                  "Traceback", "RayTrainWorker", "streaming_executor"):
+        assert noise not in proc.stdout + proc.stderr, noise
     summary = json.loads(s3.read_text(written[0]))
     assert summary["preprocess"]["samples"] == 4 and summary["preprocess"]["dataset_url"].startswith(bucket)
     assert s3.exists(f"{summary['preprocess']['dataset_url']}/manifest.json")
