@@ -9,8 +9,9 @@ paths; resolve s3:// first). ``build_model(name, **options)`` calls one by name.
 
     model = build_model("combo_tiny", num_classes=1, lambda_ada=0.0)
 
-``FAMILIES`` x ``SIZES`` are the names of ``model_registry``: import them rather than
-spelling the names again.
+``FAMILIES`` x ``SIZES`` are the names of the supervised models of ``model_registry``: import
+them rather than spelling the names again. ``MOCA_MODELS`` are the unsupervised ones (MoCA and
+its two baselines, ``models.moca``): trained without masks, by ``training_loss``, binary only.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from models.bilateral_fusion import FUSION_MODES, BilateralFusion
 from models.combo import COMBO
 from models.encoders import EncoderSize, build_encoders, build_visual_backbone
 from models.losses import ComboLoss
+from models.moca import MoCA, SaliencyBaseline, SimilarityBaseline
 from models.pixel_decoder import FPNPixelDecoder
 from models.siam_encoder import SiamEncoder
 from models.tpavi import TPAVIModel
@@ -99,6 +101,20 @@ TPAVI_R50 = TPAVISize(R50_ENCODERS, channel=256)
 TPAVI_PVT_B5 = TPAVISize(PVT_B5_ENCODERS, channel=256)
 
 
+@dataclass(frozen=True)
+class MoCASize:
+    encoders: EncoderSize
+    feature_stage: int  # the frozen map the adapters read (2: stride 16)
+    embed_dim: int  # D of the joint audio-visual embedding
+    adapter_dim: int  # AdaAV bottleneck
+    num_adapters: int
+    num_heads: int
+
+
+MOCA_TINY = MoCASize(TINY_ENCODERS, feature_stage=2, embed_dim=32, adapter_dim=16, num_adapters=1, num_heads=2)
+MOCA_R50 = MoCASize(R50_ENCODERS, feature_stage=2, embed_dim=256, adapter_dim=64, num_adapters=2, num_heads=4)
+
+
 # ---- public builders ----------------------------------------------------------------------------
 
 
@@ -147,6 +163,45 @@ def build_tpavi_pvt_b5(**options: Any) -> TPAVIModel:
     return _build_tpavi(TPAVI_PVT_B5, **options)
 
 
+def build_moca_tiny(**options: Any) -> MoCA:
+    """MoCA for CPU work: frozen TinyCNN (stride-16 map) and tiny VGGish, one AdaAV block, D=32."""
+    return _build_moca(MOCA_TINY, MoCA, **options)
+
+
+def build_moca_r50(**options: Any) -> MoCA:
+    """MoCA with a frozen timm ResNet-50 (stride-16 map, 1024 channels) and VGGish, two AdaAV blocks, D=256."""
+    return _build_moca(MOCA_R50, MoCA, **options)
+
+
+def build_moca_baseline_similarity_tiny(**options: Any) -> SimilarityBaseline:
+    """The thresholded audio-visual cosine map on MoCA's tiny encoders."""
+    return _build_moca(MOCA_TINY, SimilarityBaseline, **options)
+
+
+def build_moca_baseline_similarity_r50(**options: Any) -> SimilarityBaseline:
+    """The thresholded audio-visual cosine map on MoCA's ResNet-50 and VGGish."""
+    return _build_moca(MOCA_R50, SimilarityBaseline, **options)
+
+
+def build_moca_baseline_saliency_tiny(**options: Any) -> SaliencyBaseline:
+    """The most salient Maskige proposal, by frozen TinyCNN features."""
+    return _build_moca(MOCA_TINY, SaliencyBaseline, **options)
+
+
+def build_moca_baseline_saliency_r50(**options: Any) -> SaliencyBaseline:
+    """The most salient Maskige proposal, by frozen ResNet-50 features."""
+    return _build_moca(MOCA_R50, SaliencyBaseline, **options)
+
+
+MOCA_MODELS = (
+    "moca_tiny",
+    "moca_r50",
+    "moca_baseline_similarity_tiny",
+    "moca_baseline_similarity_r50",
+    "moca_baseline_saliency_tiny",
+    "moca_baseline_saliency_r50",
+)
+
 model_registry: dict[str, Callable[..., nn.Module]] = {
     "combo_tiny": build_combo_tiny,
     "combo_r50": build_combo_r50,
@@ -157,6 +212,12 @@ model_registry: dict[str, Callable[..., nn.Module]] = {
     "tpavi_tiny": build_tpavi_tiny,
     "tpavi_r50": build_tpavi_r50,
     "tpavi_pvt_b5": build_tpavi_pvt_b5,
+    "moca_tiny": build_moca_tiny,
+    "moca_r50": build_moca_r50,
+    "moca_baseline_similarity_tiny": build_moca_baseline_similarity_tiny,
+    "moca_baseline_similarity_r50": build_moca_baseline_similarity_r50,
+    "moca_baseline_saliency_tiny": build_moca_baseline_saliency_tiny,
+    "moca_baseline_saliency_r50": build_moca_baseline_saliency_r50,
 }
 
 
@@ -306,4 +367,48 @@ def _build_tpavi(
         tpavi_stages=tpavi_stages,
         channels_last=channels_last,
     )
+    return _finish(model, channels_last)
+
+
+def _build_moca(
+    size: MoCASize,
+    cls: type[MoCA] | type[SaliencyBaseline],
+    *,
+    num_classes: int = 1,
+    use_audio: bool = True,
+    freeze_audio: bool | None = True,
+    backbone_weights: PathLike | None = None,
+    vggish_weights: PathLike | None = None,
+    channels_last: bool = False,
+    use_maskige: bool | None = None,
+    fusion: str | None = None,
+    **options: Any,
+) -> nn.Module:
+    """MoCA or a baseline (``cls``) of ``size``, every encoder frozen (``freeze_audio=False``
+    trains VGGish; None = frozen). Options as ``_build_combo``'s; ``use_maskige`` = the class's
+    ``use_proposals`` (None: its default; the saliency baseline needs the Maskige; ``fusion`` is
+    accepted and ignored); ``num_classes`` must be 1. Further options go to the class: MoCA's
+    ``margin``, ``pool_temperature``, ``threshold``, ``logit_scale``, ``aggregate``; the saliency
+    baseline's ``min_area``, ``logit_scale``. The saliency baseline hears nothing: no VGGish is
+    built and the audio options are ignored.
+    """
+    _check_num_classes(num_classes)
+    if cls is SaliencyBaseline:
+        if use_maskige is False:
+            raise ValueError("the saliency baseline picks a Maskige proposal: it cannot run with use_maskige=False")
+        backbone = build_visual_backbone(size.encoders, backbone_weights)
+        model = SaliencyBaseline(backbone, feature_stage=size.feature_stage, num_classes=num_classes,
+                                 channels_last=channels_last, **options)
+        return _finish(model, channels_last)
+    if not use_audio:
+        raise ValueError(f"{cls.__name__} is audio-visual: use_audio=False is not supported")
+    freeze = True if freeze_audio is None else freeze_audio
+    backbone, audio_encoder = build_encoders(size.encoders, True, backbone_weights, vggish_weights, freeze)
+    if use_maskige is not None:
+        options["use_proposals"] = use_maskige
+    if cls is MoCA:
+        options = {"embed_dim": size.embed_dim, "adapter_dim": size.adapter_dim, "num_adapters": size.num_adapters,
+                   "num_heads": size.num_heads, **options}
+    model = cls(backbone, audio_encoder, feature_stage=size.feature_stage, num_classes=num_classes,
+                channels_last=channels_last, **options)
     return _finish(model, channels_last)

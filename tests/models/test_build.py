@@ -3,7 +3,7 @@ import torch
 
 from models.audio_encoder import VGGishEncoder
 from models.avsac import AVSACModel
-from models.build import FAMILIES, SIZES, build_model, model_registry
+from models.build import FAMILIES, MOCA_MODELS, SIZES, build_model, model_registry
 from models.combo import COMBO
 from models.tpavi import TPAVIModel
 
@@ -20,7 +20,7 @@ def count(module):
 
 def test_registry_names_are_families_times_sizes():
     assert FAMILIES == ("combo", "avsac", "tpavi") and SIZES == ("tiny", "r50", "pvt_b5")
-    assert list(model_registry) == [f"{family}_{size}" for family in FAMILIES for size in SIZES]
+    assert list(model_registry) == [f"{family}_{size}" for family in FAMILIES for size in SIZES] + list(MOCA_MODELS)
     assert all(builder.__name__ == f"build_{name}" for name, builder in model_registry.items())
 
 
