@@ -395,10 +395,11 @@ def dockerfile_problems(text: str, dockerignore: str) -> list[str]:
         if word in ("COPY", "ADD"):
             tokens = [t for t in shlex.split(args) if not t.startswith("--")]
             for src in tokens[:-1]:
-                if not (REPO / src).exists():
-                    problems.append(f"{word} {src}: no such file in the repository")
-                elif src not in (".", "./") and dockerignored(src, ignore):
+                # excluded first: outputs/ and .venv/ exist in a work tree but not in a fresh clone
+                if src not in (".", "./") and dockerignored(src, ignore):
                     problems.append(f"{word} {src}: excluded by .dockerignore")
+                elif not (REPO / src).exists():
+                    problems.append(f"{word} {src}: no such file in the repository")
 
     def first_run(pattern: str) -> int | None:
         return next((i for i, (w, a) in enumerate(steps) if w == "RUN" and re.search(pattern, a)), None)
