@@ -44,14 +44,16 @@ def train_combo(overrides: Overrides = None) -> dict:
     return train_and_report(cfg, storage, dataset_for(cfg, overrides))
 
 
-def train_and_report(cfg, storage: Storage, dataset: str, run_name: str | None = None) -> dict:
+def train_and_report(cfg, storage: Storage, dataset: str, run_name: str | None = None, trainer=None,
+                     title: str = "Training run") -> dict:
     """Train on ``dataset`` (``run_name`` wins over ``train.run_name``), then score the last
     checkpoint on ``train.test_split`` and write the report: the flow's work on a composed
-    config (also the pipeline's training and evaluation stages)."""
+    config (also the pipeline's training and evaluation stages). trainer: the training task
+    (default this flow's; flows.train_moca passes MoCA's)."""
     log = get_run_logger()
     if run_name is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_name=run_name))
-    result = train(cfg, storage, dataset, logger=log)
+    result = (trainer or train)(cfg, storage, dataset, logger=log)
     summary = {"train": result.summary(), "report": None}
     if cfg.train.evaluate and result.checkpoint_uri:
         from flows.evaluate import report_folder, score_checkpoint  # the evaluate step's own task and layout
@@ -68,7 +70,7 @@ def train_and_report(cfg, storage: Storage, dataset: str, run_name: str | None =
         log.info("report written to %s (test mIoU %.4f, F %.4f)", out_dir, metrics["miou"], metrics["fscore"])
     rows = "\n".join(f"| {k} | {v} |" for k, v in summary["train"]["metrics"].items())
     create_markdown_artifact(
-        markdown=f"## Training run {result.run_name}\n\nCheckpoint: `{result.checkpoint_uri}`\n\n"
+        markdown=f"## {title} {result.run_name}\n\nCheckpoint: `{result.checkpoint_uri}`\n\n"
                  f"Report: `{summary['report']['dir'] if summary['report'] else 'none'}`\n\n"
                  f"| metric | value |\n|---|---|\n{rows}\n",
         key="train-summary", description="the last epoch's metrics, the checkpoint and the report")

@@ -79,6 +79,19 @@ class TrainPlan:
     latest_checkpoint: str | None = None  # the run's own latest checkpoint (checked), when it has one
 
 
+def start_state(bare: torch.nn.Module, t: Any, plan: TrainPlan, restored: Any) -> tuple:
+    """The optimiser and schedule of a run (COMBO's, tasks/train/optim.py) and the (epoch, step,
+    history) it starts from; all restored from ``restored`` (a loaded checkpoint) when resuming."""
+    optimizer = build_optimizer(bare, t)
+    scheduler = build_scheduler(optimizer, t, total_steps=t.epochs * plan.steps_per_epoch)
+    start_epoch, step, history = 0, 0, []
+    if restored is not None:
+        optimizer.load_state_dict(restored.train_state["optimizer"])
+        scheduler.load_state_dict(restored.train_state["scheduler"])
+        start_epoch, step, history = restored.train_state["epoch"], restored.train_state["step"], list(restored.meta.history)
+    return optimizer, scheduler, start_epoch, step, history
+
+
 def train_loop_per_worker(config: dict[str, Any], storage: Storage | None = None) -> None:
     cfg: Config = config["cfg"]
     plan: TrainPlan = config["plan"]
@@ -95,13 +108,7 @@ def train_loop_per_worker(config: dict[str, Any], storage: Storage | None = None
         model.load_state_dict(restored.model_state)
     model = ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
     bare = getattr(model, "module", model)
-    optimizer = build_optimizer(bare, t)
-    scheduler = build_scheduler(optimizer, t, total_steps=t.epochs * plan.steps_per_epoch)
-    start_epoch, step, history = 0, 0, []
-    if restored is not None:
-        optimizer.load_state_dict(restored.train_state["optimizer"])
-        scheduler.load_state_dict(restored.train_state["scheduler"])
-        start_epoch, step, history = restored.train_state["epoch"], restored.train_state["step"], list(restored.meta.history)
+    optimizer, scheduler, start_epoch, step, history = start_state(bare, t, plan, restored)
 
     for epoch in range(start_epoch, t.epochs):
         started = time.perf_counter()

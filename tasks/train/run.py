@@ -56,7 +56,7 @@ import math
 import posixpath
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -416,17 +416,24 @@ def _ray_storage(run_root: str, storage: Storage) -> tuple[str, Any]:
 # -- the run ------------------------------------------------------------------------------------
 def run_training(cfg: Config, storage: Storage, dataset_url: str,
                  logger: logging.Logger | logging.LoggerAdapter | None = None,
-                 callbacks: Sequence[UserCallback] = ()) -> TrainResult:
+                 callbacks: Sequence[UserCallback] = (), *,
+                 plan_fn: Callable[[Config, Storage, str, str], TrainPlan] | None = None,
+                 loop: Callable[..., None] | None = None, kind: str = "") -> TrainResult:
     """Train cfg.model on the data set at dataset_url with Ray Train (see the module docstring).
 
     callbacks: more ``ray.train.UserCallback``s for the run, after :class:`EpochProgress` (a Ray
-    Tune trial passes ``TuneReportCallback``, which hands every report to Tune: tasks/tune/trial.py)."""
+    Tune trial passes ``TuneReportCallback``, which hands every report to Tune: tasks/tune/trial.py).
+    plan_fn, loop: the checks and plan (default :func:`prepare`) and the per-worker loop (default
+    :func:`tasks.train.loop.train_loop_per_worker`) of another kind of training (MoCA's:
+    tasks/train/moca.py), with everything else (run folder, resume, progress, result) as here;
+    kind: a few words for the start line."""
+    plan_fn, loop = plan_fn or prepare, loop or train_loop_per_worker
     from ray.util.queue import Queue
 
     logger = logger or log
     t = cfg.train
     run_name = t.run_name or f"{cfg.model.registry_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    plan = prepare(cfg, storage, dataset_url, run_name)  # before Ray: bad input costs no start-up
+    plan = plan_fn(cfg, storage, dataset_url, run_name)  # before Ray: bad input costs no start-up
     result = TrainResult(run_name=run_name, run_dir=plan.run_dir, checkpoint_uri=None, metrics={}, history=[],
                          dataset_url=plan.dataset_url, dataset_version=plan.dataset_version, model=plan.model,
                          setting=plan.setting)
@@ -444,13 +451,13 @@ def run_training(cfg: Config, storage: Storage, dataset_url: str,
     if t.use_gpu and not ray.cluster_resources().get("GPU"):
         logger.warning("train.use_gpu=true but the Ray cluster shows no GPU now: the workers wait for one")
     storage_path, filesystem = _ray_storage(runs_root(cfg), storage)
-    logger.info("training %s on %s (%s, %d classes) with %d Ray Train worker(s)%s for %d epoch(s); run %s at %s "
-                "(rerun with train.run_name=%s to resume)", plan.model, plan.dataset_url, plan.setting,
-                plan.num_classes, t.num_workers, " on GPUs" if t.use_gpu else "", t.epochs, run_name, plan.run_dir,
-                run_name)
+    logger.info("training %s%s on %s (%s, %d classes) with %d Ray Train worker(s)%s for %d epoch(s); run %s at %s "
+                "(rerun with train.run_name=%s to resume)", plan.model, f" ({kind})" if kind else "", plan.dataset_url,
+                plan.setting, plan.num_classes, t.num_workers, " on GPUs" if t.use_gpu else "", t.epochs, run_name,
+                plan.run_dir, run_name)
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
-        functools.partial(train_loop_per_worker, storage=storage),
+        functools.partial(loop, storage=storage),
         train_loop_config={"cfg": cfg, "plan": plan},
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo", timeout_s=t.collective_timeout_s),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,

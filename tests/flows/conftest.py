@@ -2,6 +2,7 @@
 a real local Prefect server."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -78,3 +79,22 @@ def s3_bucket(s3_server):
     boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="setup", aws_secret_access_key="setup",
                  region_name="us-east-1").create_bucket(Bucket=bucket)
     return bucket
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture()
+def flow_log():
+    """The messages of the flow runs' log records (Prefect's flow-run logger), in order."""
+    handler = _Lines()
+    logger = logging.getLogger("prefect.flow_runs")
+    logger.addHandler(handler)
+    yield handler.lines
+    logger.removeHandler(handler)

@@ -5,7 +5,6 @@ on the S3 test server; bad input refused before any worker starts.
 """
 from __future__ import annotations
 
-import logging
 
 import pytest
 
@@ -15,24 +14,6 @@ from tasks.train.checkpoint import read_meta
 from tasks.train.run import TrainSetupError
 
 REPORT_FILES = ("metrics.json", "per_video.csv", "curves.png", "overlays.png")
-
-
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture()
-def flow_log():
-    handler = _Lines()
-    logger = logging.getLogger("prefect.flow_runs")
-    logger.addHandler(handler)
-    yield handler.lines
-    logger.removeHandler(handler)
 
 
 @pytest.mark.slow
