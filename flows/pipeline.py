@@ -33,7 +33,7 @@ from flows.common import Overrides, avs_flow, main
 from flows.preprocess import make_dataset
 from flows.train_combo import train_and_report
 from infra.config import compose, redact_overrides
-from infra.storage import Storage, join
+from infra.storage import Storage, absolute, join
 from tasks.train.run import config_run_name
 
 CONFIG_NAME = "pipeline"  # conf/pipeline.yaml
@@ -62,9 +62,10 @@ def pipeline(overrides: Overrides = None) -> dict:
     log.info("[1/3] data: %s source %s -> shards under %s", cfg.data.source, cfg.data.uri, cfg.preprocess.output)
     prep = make_dataset(cfg, storage)
     t_data = time.perf_counter() - start
-    log.info("[1/3] data: %d clips in %d shards (%d built, %d reused), %d rejected, in %s",
-             prep["samples"], prep["shards"], prep["shards_built"], prep["shards_reused"], prep["rejects"],
-             _duration(t_data))
+    made = ("found complete, reused" if prep["up_to_date"]
+            else f"{prep['shards_built']} built, {prep['shards_reused']} reused")
+    log.info("[1/3] data: %d clips in %d shards (%s), %d rejected, in %s",
+             prep["samples"], prep["shards"], made, prep["rejects"], _duration(t_data))
 
     run_name = cfg.train.run_name or config_run_name(cfg, prep["version"], prefix="pipeline-")
     log.info("[2/3] train: %s, %d epoch(s), run %s", cfg.model.registry_name, cfg.train.epochs, run_name)
@@ -82,7 +83,7 @@ def pipeline(overrides: Overrides = None) -> dict:
         "seconds": {"data": round(t_data, 1), "train_and_evaluate": round(t_train, 1),
                     "total": round(time.perf_counter() - start, 1)},
     }
-    url = join(cfg.output, "runs", time.strftime("%Y%m%d-%H%M%S"), "summary.json")
+    url = absolute(join(cfg.output, "runs", time.strftime("%Y%m%d-%H%M%S"), "summary.json"))
     storage.write_text(url, json.dumps(summary, indent=2))
     summary["summary_url"] = url
     rows = [("clips", prep["samples"]), ("rejects", prep["rejects"]), ("data set", f"`{prep['dataset_url']}`"),
