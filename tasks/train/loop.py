@@ -148,34 +148,50 @@ def train_loop_per_worker(config: dict[str, Any], storage: Storage | None = None
                 clip_ids.extend(batch["clip_id"])
             _maybe_fail_once(t, rank, step, plan, storage)
 
-        totals = _sum_over_ranks([sums[k] for k in sorted(sums)] + [float(clips)], device)
-        train_seconds = time.perf_counter() - started
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1, "step": step, "lr": max(scheduler.get_last_lr()),
-            **{f"train_{k}": v / max(totals[-1], 1.0) for k, v in zip(sorted(sums), totals[:-1])},
-            "samples": int(totals[-1]), "samples_per_s": totals[-1] / train_seconds,
-        }
-        if t.val_split:
-            metrics.update(_score_split(bare, t.val_split, plan, cfg, storage, device, amp))
-        if t.test_split and epoch + 1 == t.epochs:
-            metrics.update(_score_split(bare, t.test_split, plan, cfg, storage, device, amp))
-        metrics["epoch_s"] = time.perf_counter() - started
-        metrics["eta_s"] = metrics["epoch_s"] * (t.epochs - epoch - 1)
-        history.append(metrics)
+        end_epoch(model, optimizer, scheduler, cfg, plan, storage, device, amp, epoch, step, started, sums, clips,
+                  history, rank_batches, clip_ids)
 
-        rank_metrics = {**metrics, "rank": rank, "rank_samples": clips, "rank_batches": rank_batches,
-                        "node_id": ray.get_runtime_context().get_node_id()}
-        if t.hooks.report_clip_ids:
-            rank_metrics["clip_ids"] = clip_ids
-        with tempfile.TemporaryDirectory(prefix="avs-ckpt-") as folder:
-            checkpoint, name = None, None
-            if rank == 0 and ((epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs):
-                meta = CheckpointMeta(model=plan.model, model_options=plan.model_options, epoch=epoch + 1, step=step,
-                                      dataset_url=plan.dataset_url, dataset_version=plan.dataset_version,
-                                      setting=plan.setting, config=to_dict(cfg), metrics=metrics, history=history)
-                save_checkpoint(folder, model, meta, optimizer, scheduler)
-                checkpoint, name = ray.train.Checkpoint.from_directory(folder), f"checkpoint_epoch{epoch + 1:04d}"
-            ray.train.report(rank_metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+def end_epoch(model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: Config, plan: TrainPlan,
+              storage: Storage, device: torch.device, amp: Any, epoch: int, step: int, started: float,
+              sums: dict[str, float], samples: int, history: list[dict[str, Any]], rank_batches: int,
+              ids: list[str], extra: dict[str, Any] | None = None) -> None:
+    """Every rank, at the end of an epoch: this rank's loss sums (weighted by its samples) summed
+    over ranks, val scored (and test after the last epoch), the epoch's metrics (plus ``extra``)
+    appended to ``history``; rank 0 writes the checkpoint; every rank reports. ``ids``: what this
+    rank trained on, reported under train.hooks.report_clip_ids."""
+    t = cfg.train
+    rank = ray.train.get_context().get_world_rank()
+    bare = getattr(model, "module", model)
+    names = sorted(sums)
+    totals = _sum_over_ranks([sums[k] for k in names] + [float(samples)], device)
+    train_seconds = time.perf_counter() - started
+    metrics: dict[str, Any] = {
+        "epoch": epoch + 1, "step": step, "lr": max(scheduler.get_last_lr()),
+        **{f"train_{k}": v / max(totals[-1], 1.0) for k, v in zip(names, totals[:-1])},
+        "samples": int(totals[-1]), "samples_per_s": totals[-1] / train_seconds, **(extra or {}),
+    }
+    if t.val_split:
+        metrics.update(_score_split(bare, t.val_split, plan, cfg, storage, device, amp))
+    if t.test_split and epoch + 1 == t.epochs:
+        metrics.update(_score_split(bare, t.test_split, plan, cfg, storage, device, amp))
+    metrics["epoch_s"] = time.perf_counter() - started
+    metrics["eta_s"] = metrics["epoch_s"] * (t.epochs - epoch - 1)
+    history.append(metrics)
+
+    rank_metrics = {**metrics, "rank": rank, "rank_samples": samples, "rank_batches": rank_batches,
+                    "node_id": ray.get_runtime_context().get_node_id()}
+    if t.hooks.report_clip_ids:
+        rank_metrics["clip_ids"] = ids
+    with tempfile.TemporaryDirectory(prefix="avs-ckpt-") as folder:
+        checkpoint, name = None, None
+        if rank == 0 and ((epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs):
+            meta = CheckpointMeta(model=plan.model, model_options=plan.model_options, epoch=epoch + 1, step=step,
+                                  dataset_url=plan.dataset_url, dataset_version=plan.dataset_version,
+                                  setting=plan.setting, config=to_dict(cfg), metrics=metrics, history=history)
+            save_checkpoint(folder, model, meta, optimizer, scheduler)
+            checkpoint, name = ray.train.Checkpoint.from_directory(folder), f"checkpoint_epoch{epoch + 1:04d}"
+        ray.train.report(rank_metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
 
 def _build_model(plan: TrainPlan, storage: Storage) -> torch.nn.Module:

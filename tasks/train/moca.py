@@ -53,7 +53,6 @@ import json
 import logging
 import math
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,10 +62,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from infra.config import Config, to_dict
+from infra.config import Config
 from infra.storage import Storage, StorageError, join
-from tasks.train.checkpoint import CheckpointMeta, save_checkpoint
-from tasks.train.loop import TrainPlan, _build_model, _restore, _score_split, _sum_over_ranks, start_state
+from tasks.train.loop import TrainPlan, _build_model, _restore, end_epoch, start_state
 from tasks.train.run import TrainResult, TrainSetupError, prepare, run_training
 
 log = logging.getLogger(__name__)
@@ -367,36 +365,9 @@ def moca_loop_per_worker(config: dict[str, Any], storage: Storage | None = None)
             if t.hooks.report_clip_ids:
                 keys.extend(batch["anchor_keys"])
 
-        names = sorted(sums)
-        totals = _sum_over_ranks([sums[k] for k in names] + [float(anchors)], device)
-        train_seconds = time.perf_counter() - started
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1, "step": step, "lr": max(scheduler.get_last_lr()),
-            **{f"train_{k}": v / max(totals[-1], 1.0) for k, v in zip(names, totals[:-1])},
-            "samples": int(totals[-1]), "samples_per_s": totals[-1] / train_seconds,
-            "anchors": len(pairs), "frame_store_bytes": store.nbytes, "frame_store_load_s": load_s,
-        }
-        if t.val_split:
-            metrics.update(_score_split(bare, t.val_split, plan, cfg, storage, device, amp))
-        if t.test_split and epoch + 1 == t.epochs:
-            metrics.update(_score_split(bare, t.test_split, plan, cfg, storage, device, amp))
-        metrics["epoch_s"] = time.perf_counter() - started
-        metrics["eta_s"] = metrics["epoch_s"] * (t.epochs - epoch - 1)
-        history.append(metrics)
-
-        rank_metrics = {**metrics, "rank": rank, "rank_samples": anchors, "rank_batches": rank_batches,
-                        "node_id": ray.get_runtime_context().get_node_id()}
-        if t.hooks.report_clip_ids:
-            rank_metrics["clip_ids"] = keys  # anchor frame keys
-        with tempfile.TemporaryDirectory(prefix="avs-ckpt-") as folder:
-            checkpoint, name = None, None
-            if rank == 0 and ((epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs):
-                meta = CheckpointMeta(model=plan.model, model_options=plan.model_options, epoch=epoch + 1, step=step,
-                                      dataset_url=plan.dataset_url, dataset_version=plan.dataset_version,
-                                      setting=plan.setting, config=to_dict(cfg), metrics=metrics, history=history)
-                save_checkpoint(folder, model, meta, optimizer, scheduler)
-                checkpoint, name = ray.train.Checkpoint.from_directory(folder), f"checkpoint_epoch{epoch + 1:04d}"
-            ray.train.report(rank_metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        end_epoch(model, optimizer, scheduler, cfg, plan, storage, device, amp, epoch, step, started, sums, anchors,
+                  history, rank_batches, keys,  # keys: anchor frame keys
+                  extra={"anchors": len(pairs), "frame_store_bytes": store.nbytes, "frame_store_load_s": load_s})
 
 
 # -- the run --------------------------------------------------------------------------------------------

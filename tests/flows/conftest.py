@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from log_lines import LogLines
 from prefect_env import user_env
 
 
@@ -81,19 +82,10 @@ def s3_bucket(s3_server):
     return bucket
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture()
 def flow_log():
     """The messages of the flow runs' log records (Prefect's flow-run logger), in order."""
-    handler = _Lines()
+    handler = LogLines()
     logger = logging.getLogger("prefect.flow_runs")
     logger.addHandler(handler)
     yield handler.lines

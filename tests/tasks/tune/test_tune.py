@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from log_lines import LogLines
 
 from infra.config import ConfigError, compose
 from infra.schema.tune import SEARCH_KEYS
@@ -39,15 +40,6 @@ FAST = ["train.loader.image_size=64", "train.loader.batch_size=2", "train.loader
         "tune.num_samples=2", "tune.max_epochs=2", "tune.grace_period=1", "tune.workers_per_trial=1",
         "tune.cpus_per_worker=1", "tune.seed=0"]
 RUNG = 1  # ASHA's only rung with grace 1, max 2 (and reduction factor 4): epoch 1
-
-
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 @pytest.fixture()
@@ -78,7 +70,7 @@ def test_tune_with_2_trials_and_asha_writes_its_table_and_best_config(train_data
     storage, bucket, s3, secret = s3_env
     cfg = compose([*FAST, *s3, f"output={bucket}/out", "tune.name=t2", "tune.metric=train_loss", "tune.mode=min",
                    "tune.max_concurrent_trials=1"])
-    lines = _Lines()
+    lines = LogLines()
     logger = logging.getLogger("test.tune")
     logger.setLevel(logging.INFO)
     logger.addHandler(lines)
