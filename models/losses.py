@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.matcher import HungarianMatcher, point_sample
+from models.matcher import HungarianMatcher, PackedTargets, point_sample, same_target_size
 
 
 def targets_from_masks(
@@ -167,7 +167,10 @@ class HungarianLoss(nn.Module):
         class_weight[-1] = no_object_weight
         self.register_buffer("class_weight", class_weight, persistent=False)
 
-    def _single(self, outputs: dict, targets: Sequence[dict], num_masks: float) -> dict[str, torch.Tensor]:
+    def _single(self, outputs: dict, targets: Sequence[dict], num_masks: float,
+                packed: PackedTargets | None = None) -> dict[str, torch.Tensor]:
+        if packed is not None:
+            return self._packed(outputs, packed, num_masks)
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
         indices = self.matcher(outputs, targets)
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)
@@ -202,6 +205,23 @@ class HungarianLoss(nn.Module):
             dice = dice + dice_loss(src_points.float(), tgt_points.float(), num_masks)
         return {"loss_ce": loss_ce, "loss_mask": bce, "loss_dice": dice}
 
+    def _packed(self, outputs: dict, packed: PackedTargets, num_masks: float) -> dict[str, torch.Tensor]:
+        """``_single`` on targets of one size, full grid: every frame's matched pairs at once."""
+        logits, masks = outputs["pred_logits"], outputs["pred_masks"]
+        indices = self.matcher.match_packed(logits.detach(), masks.detach(), packed)
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)
+        if not any(len(q) for q, _ in indices):
+            loss_ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.class_weight)
+            zero = masks.sum() * 0.0  # keeps the graph connected for DDP
+            return {"loss_ce": loss_ce, "loss_mask": zero, "loss_dice": zero}
+        frames, queries, labels, tgt = packed.matched(indices)
+        target_classes[frames, queries] = labels
+        loss_ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.class_weight)
+        src = F.interpolate(masks[frames, queries][:, None], size=packed.size, mode="bilinear", align_corners=False)
+        src = src.flatten(1).float()  # M x P
+        return {"loss_ce": loss_ce, "loss_mask": sigmoid_bce_loss(src, tgt, num_masks),
+                "loss_dice": dice_loss(src, tgt, num_masks)}
+
     def forward(self, outputs: dict, targets: Sequence[dict | None]) -> dict[str, torch.Tensor]:
         n = outputs["pred_logits"].shape[0]
         if len(targets) != n:
@@ -227,10 +247,13 @@ class HungarianLoss(nn.Module):
             idx = torch.as_tensor(keep, device=device)
             return {k: out[k].index_select(0, idx) for k in ("pred_logits", "pred_masks")}
 
+        # one target size on the full grid (every batch of our loader): the targets are padded into
+        # tensors once, and every layer matches and scores all its frames at once (models.matcher)
+        packed = PackedTargets.of(kept_targets, device) if self.num_points is None and same_target_size(kept_targets) else None
         losses: dict[str, torch.Tensor] = {}
         total = 0.0
         for suffix, out in layers:
-            parts = self._single(select(out), kept_targets, num_masks)
+            parts = self._single(select(out), kept_targets, num_masks, packed)
             total = (
                 total
                 + self.weight_class * parts["loss_ce"]

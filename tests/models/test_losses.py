@@ -159,6 +159,51 @@ def test_hungarian_loss_with_point_sampling_has_gradients():
     assert torch.isfinite(losses["loss"]) and outputs["pred_masks"].grad.abs().sum() > 0
 
 
+def test_batched_matching_and_mask_losses_equal_the_per_frame_loop(monkeypatch):
+    """One target size (every loader batch) takes the batched paths; forcing the per-frame loop
+    (as for frames of different sizes) must give the same assignment, losses and gradients."""
+    import models.losses
+    import models.matcher
+
+    outputs = _random_outputs(6, 5, 4, 8, 8, layers=2, seed=3)
+    targets = _semantic_targets(6, 16, 16, 3)
+    targets[2] = {"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 16, 16, dtype=torch.bool)}
+    targets[4] = None  # a frame without ground truth
+
+    def run():
+        out = {k: (v.clone().requires_grad_(True) if torch.is_tensor(v) else v) for k, v in outputs.items()}
+        losses = HungarianLoss(4)(out, targets)
+        losses["loss"].backward()
+        kept = [t for t in targets if t is not None]
+        matched = HungarianMatcher(2.0, 5.0, 5.0)({k: out[k].detach()[[0, 1, 2, 3, 5]] for k in ("pred_logits", "pred_masks")}, kept)
+        return losses, out["pred_masks"].grad, matched
+
+    batched, grad_batched, match_batched = run()
+    monkeypatch.setattr(models.matcher, "same_target_size", lambda targets: False)
+    monkeypatch.setattr(models.losses, "same_target_size", lambda targets: False)
+    looped, grad_looped, match_looped = run()
+    assert set(batched) == set(looped)
+    for key in batched:
+        torch.testing.assert_close(batched[key], looped[key], rtol=1e-5, atol=1e-6, msg=key)
+    torch.testing.assert_close(grad_batched, grad_looped, rtol=1e-5, atol=1e-7)
+    for (q1, t1), (q2, t2) in zip(match_batched, match_looped):
+        assert q1.tolist() == q2.tolist() and t1.tolist() == t2.tolist()
+    assert len(match_batched[2][0]) == 0  # the frame without instances matches nothing
+
+
+def test_pair_bce_cost_is_mask2formers_formula():
+    """sum softplus(x) - x @ t equals softplus(-x) @ t + softplus(x) @ (1 - t), batched or not."""
+    import torch.nn.functional as F
+
+    from models.matcher import pair_bce_cost
+
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, 7, 50, generator=g) * 4, (torch.rand(3, 2, 50, generator=g) > 0.5).float()
+    by_formula = (F.softplus(-x) @ t.transpose(1, 2) + F.softplus(x) @ (1 - t).transpose(1, 2)) / 50
+    torch.testing.assert_close(pair_bce_cost(x, t), by_formula, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pair_bce_cost(x[1], t[1]), by_formula[1], rtol=1e-5, atol=1e-6)
+
+
 def _consistency_by_hand(x):
     """x: nested lists B x T x (flat values). Explicit loops, Python floats."""
     b, t = len(x), len(x[0])
