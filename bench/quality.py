@@ -18,8 +18,11 @@ every clip: only synchrony over time tells them apart). All at the recipe's fram
 seed 0, 32 val and 128 test clips; train clips: 3000 for ``s4`` (one annotated frame each, as
 AVSBench S4 train), 500 for ``ms3`` (five annotated frames each: 2500 frames) and 1000 for
 ``sync_s4`` (``--train-clips``, ``--set-train-clips``). Models: COMBO-tiny, its ablations
-(no audio, no Maskige, no adaptive consistency loss), TPAVI-tiny, AVSAC-tiny; ``sync_s4``
-trains COMBO and TPAVI only.
+(no audio, no Maskige, no adaptive consistency loss), TPAVI-tiny, AVSAC-tiny (supervised, by
+``flows.train_combo``); MoCA-tiny and its two unsupervised baselines, the most salient Maskige
+proposal (no audio, learns nothing) and the thresholded audio-visual similarity map (no adapter,
+no pixel matching aggregation), by ``flows.train_moca`` from the data set's mined pairs, no mask
+read in training; ``sync_s4`` trains COMBO and TPAVI only.
 
 What it prints, per set:
 - the Maskige the models see: the mean best-match IoU of each classical mask source against
@@ -29,11 +32,15 @@ What it prints, per set:
   whole-run wall clock;
 - the oracles of the test set (``tasks.synthavs.oracles``): perfect, nothing, every object, every
   object of the sounding categories;
-- the paired bootstrap 95% interval (over test videos) of COMBO minus no-audio, and of COMBO
-  minus TPAVI (``tasks.evaluate.compare``).
+- the paired bootstrap 95% interval (over test videos) of COMBO minus no-audio, of COMBO
+  minus TPAVI, and of MoCA minus each baseline (``tasks.evaluate.compare``);
+- how much of the gap between the better unsupervised baseline and supervised COMBO MoCA
+  closes (``moca_gap_closed``: 0 no better than the baseline, 1 as good as COMBO).
 
 Last line: ``{"s4": {"combo": {"miou", "fscore", "train_s", "wall_s"}, "combo_no_audio": ...,
-"oracles": {...}, "combo_minus_no_audio": {"diff", "low", "high", ...}, "mask_sources": {...}},
+"moca": ..., "moca_baseline_saliency": ..., "moca_baseline_similarity": ..., "oracles": {...},
+"combo_minus_no_audio": {"diff", "low", "high", ...}, "moca_minus_saliency": {...}, "moca_minus_similarity": {...},
+"moca_gap_closed": ..., "mask_sources": {...}},
 "ms3": {...}, "sync_s4": {...}}``.
 
 Time on 2 cores (measured, partly beside other jobs): S4 and sync S4, 8 models, 86 min of training
@@ -67,7 +74,9 @@ from tasks.evaluate.compare import paired_bootstrap, read_per_video  # noqa: E40
 from tasks.synthavs.generate import generate_clip  # noqa: E402
 from tasks.synthavs.oracles import ORACLES, OracleScores  # noqa: E402
 
-ALL_MODELS = ("combo", "combo_no_audio", "tpavi", "avsac", "combo_no_maskige", "combo_no_consistency")
+SUPERVISED = ("combo", "combo_no_audio", "tpavi", "avsac", "combo_no_maskige", "combo_no_consistency")
+UNSUPERVISED = ("moca", "moca_baseline_saliency", "moca_baseline_similarity")
+ALL_MODELS = SUPERVISED + UNSUPERVISED
 SETS = {  # name -> (data preset, setting, models trained, in this order)
     "s4": ("synth_hard", "s4", ALL_MODELS),
     "ms3": ("synth_hard", "ms3", ALL_MODELS),
@@ -80,7 +89,13 @@ MODELS = {
     "combo_no_consistency": ["model=combo_tiny", "model.lambda_ada=0"],
     "tpavi": ["model=tpavi_tiny"],
     "avsac": ["model=avsac_tiny"],
+    # unsupervised (flows.train_moca: mined pairs, no mask in training); the saliency baseline
+    # learns nothing: its run is its frozen weights (tasks.train.moca.save_training_free)
+    "moca": ["model=moca_tiny"],
+    "moca_baseline_saliency": ["model=moca_tiny", "model.name=moca_baseline_saliency"],
+    "moca_baseline_similarity": ["model=moca_tiny", "model.name=moca_baseline_similarity"],
 }
+FLOW = {m: "flows.train_moca" if m in UNSUPERVISED else "flows.train_combo" for m in MODELS}
 MASK_SOURCES = ("felzenszwalb", "slic", "chroma")
 
 
@@ -119,11 +134,12 @@ def oracles_of(synth_cfg, setting: str, clip_ids: set[str]) -> tuple[dict, Oracl
 def train_one(args, set_name: str, model: str, data: list[str], run_root: Path, epochs: int) -> dict | None:
     report = run_root / "reports" / set_name / model
     run_name = f"quality-{set_name}-{model}"
-    cmd = [sys.executable, "-m", "flows.train_combo", *data, *MODELS[model], f"train={args.recipe}",
+    cmd = [sys.executable, "-m", FLOW[model], *data, *MODELS[model], f"train={args.recipe}",
            f"train.run_name={run_name}", f"train.storage_path={run_root}/runs", f"evaluate.output={report}",
            *args.train_override]
     ckpt_meta = last_meta(run_root / "runs" / run_name)
-    finished = (report / "metrics.json").exists() and ckpt_meta.get("epoch") == epochs
+    trained_epochs = 0 if model == "moca_baseline_saliency" else epochs  # it learns nothing: epoch 0
+    finished = (report / "metrics.json").exists() and ckpt_meta.get("epoch") == trained_epochs
     if not finished and args.only_found:
         print(f"  {model}: no finished run {run_name} (--only-found): not trained", flush=True)
         return None
@@ -184,15 +200,31 @@ def run_set(args, set_name: str) -> dict:
     for model, r in results.items():
         out[model] = {k: r[k] for k in ("miou", "fscore", "train_s", "wall_s", "epochs")}
     out["oracles"] = oracles
-    for other, key in (("combo_no_audio", "combo_minus_no_audio"), ("tpavi", "combo_minus_tpavi")):
-        if "combo" in results and other in results:
-            diff = paired_bootstrap(results["combo"]["per_video_miou"], results[other]["per_video_miou"],
-                                    seed=args.seed)
+    for a, b, key in (("combo", "combo_no_audio", "combo_minus_no_audio"), ("combo", "tpavi", "combo_minus_tpavi"),
+                      ("moca", "moca_baseline_saliency", "moca_minus_saliency"),
+                      ("moca", "moca_baseline_similarity", "moca_minus_similarity")):
+        if a in results and b in results:
+            diff = paired_bootstrap(results[a]["per_video_miou"], results[b]["per_video_miou"], seed=args.seed)
             out[key] = {k: round(v, 4) if isinstance(v, float) else v for k, v in diff.items()}
-            print(f"  COMBO - {other}: mIoU {diff['diff']:+.4f}, 95% interval [{diff['low']:+.4f}, {diff['high']:+.4f}] "
+            print(f"  {a} - {b}: mIoU {diff['diff']:+.4f}, 95% interval [{diff['low']:+.4f}, {diff['high']:+.4f}] "
                   f"(paired bootstrap over {diff['num_clips']} videos)"
                   + ("  <- above zero" if diff["low"] > 0 else "  <- includes zero" if diff["high"] > 0 else ""))
+    gap = gap_closed(results)
+    if gap is not None:
+        out["moca_gap_closed"] = round(gap, 4)
+        print(f"  MoCA closes {gap:.0%} of the gap between the better unsupervised baseline and supervised COMBO (mIoU)")
     return out
+
+
+def gap_closed(results: dict) -> float | None:
+    """(MoCA - the better baseline) / (COMBO - the better baseline), in mIoU: 0 = no better than
+    a baseline, 1 = as good as supervised COMBO; None without the four runs or without a gap."""
+    names = ("moca", "moca_baseline_saliency", "moca_baseline_similarity", "combo")
+    if not all(n in results for n in names):
+        return None
+    base = max(results["moca_baseline_saliency"]["miou"], results["moca_baseline_similarity"]["miou"])
+    span = results["combo"]["miou"] - base
+    return (results["moca"]["miou"] - base) / span if span > 0 else None
 
 
 def main() -> None:

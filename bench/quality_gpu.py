@@ -41,6 +41,14 @@ import sys
 import time
 from pathlib import Path
 
+# one BLAS / OpenMP thread per process, set before numpy loads: the clip generators run one
+# process per core. The first GPU run, without this, generated 34 clips/s with 16 processes,
+# what 2-3 single-threaded ones give on our CPU machine; oversubscribed threads are the likely
+# cause (not verified there).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import numpy as np
 import torch
 
@@ -339,6 +347,7 @@ def main() -> None:
         args.test_clips, args.probe_steps = 8, 1
         args.steps = args.steps or 2
     device = torch.device(args.device)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))  # the main process computes on CPU runs
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

@@ -4,7 +4,8 @@ and write the report.
 
     python -m flows.train_moca train.dataset=s3://bucket/datasets/synthavs/v-1234 model=moca_tiny
     python -m flows.train_moca model=moca_r50 model.backbone_weights=s3://w/r50.pth train=gpu train.run_name=moca-1
-    python -m flows.train_moca model=moca_baseline_similarity_tiny ...   # the trainable baseline
+    python -m flows.train_moca model=moca_tiny model.name=moca_baseline_similarity   # the trainable baseline
+    python -m flows.train_moca model=moca_tiny model.name=moca_baseline_saliency     # learns nothing: scored only
     python -m flows.train_moca data=synth_easy model=moca_tiny            # preprocess first
 
 Training reads ``pairs.parquet`` beside the shards and the train split's frames and log-mel,
@@ -13,7 +14,8 @@ runs the preprocess flow first; checkpoints in ``{train.storage_path or output/t
 in tasks.train.checkpoint's format (flows.evaluate scores them as any other); the same
 ``train.run_name`` resumes; per-epoch lines in the flow's log; the report (tasks.evaluate.report)
 on ``train.test_split`` to ``evaluate.output`` or ``{output}/evaluations/{run}/{checkpoint}/{split}/``;
-``train.evaluate=false`` skips it.
+``train.evaluate=false`` skips it. The saliency baseline learns nothing: its run is one checkpoint
+of its frozen weights (epoch 0, written without Ray Train), evaluated as any other.
 """
 from __future__ import annotations
 

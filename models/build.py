@@ -370,6 +370,9 @@ def _build_tpavi(
     return _finish(model, channels_last)
 
 
+_MOCA_OPTIONS = ("margin", "pool_temperature", "threshold", "aggregate", "embed_dim", "num_adapters")
+
+
 def _build_moca(
     size: MoCASize,
     cls: type[MoCA] | type[SaliencyBaseline],
@@ -390,9 +393,16 @@ def _build_moca(
     accepted and ignored); ``num_classes`` must be 1. Further options go to the class: MoCA's
     ``margin``, ``pool_temperature``, ``threshold``, ``logit_scale``, ``aggregate``; the saliency
     baseline's ``min_area``, ``logit_scale``. The saliency baseline hears nothing: no VGGish is
-    built and the audio options are ignored.
+    built and the audio options are ignored. So that one config builds MoCA and both baselines
+    (``model=moca_tiny model.name=moca_baseline_saliency``), options that a baseline's definition
+    fixes are accepted and ignored: every MoCA option by the saliency baseline, ``aggregate``,
+    ``embed_dim`` and ``num_adapters`` by the similarity baseline (no aggregation, no adapter, the
+    audio width); ``min_area`` by MoCA and the similarity baseline.
     """
     _check_num_classes(num_classes)
+    fixed = {SaliencyBaseline: _MOCA_OPTIONS, SimilarityBaseline: ("aggregate", "embed_dim", "num_adapters", "min_area"),
+             MoCA: ("min_area",)}[cls]
+    options = {k: v for k, v in options.items() if k not in fixed}
     if cls is SaliencyBaseline:
         if use_maskige is False:
             raise ValueError("the saliency baseline picks a Maskige proposal: it cannot run with use_maskige=False")

@@ -16,7 +16,10 @@ different options (``build_model`` raises TypeError on a key its builder does no
   and ignore them, so one config builds every family);
 - COMBO only: ``learn_background``, ``lambda_ada``, ``layer_scale_init``, ``weight_class``,
   ``weight_mask``, ``weight_dice``, ``no_object_weight``, ``num_points``;
-- TPAVI only: ``tpavi_stages``.
+- TPAVI only: ``tpavi_stages``;
+- MoCA only (``models.moca``): ``margin``, ``pool_temperature``, ``threshold``, ``aggregate``,
+  ``embed_dim``, ``num_adapters``; ``logit_scale`` (MoCA and its saliency baseline), ``min_area``
+  (the saliency baseline).
 
 The loss weights live here, as the builder's arguments (COMBO builds its loss), not in
 ``train``: ``model.lambda_ada=3 model.weight_dice=2`` is what a sweep overrides.
@@ -58,6 +61,16 @@ class ModelConfig:
     num_points: int | None = None  # null = every target pixel (COMBO: 12544 sampled points)
     # TPAVI: the stages that get a TPAVI block (AVSBench: all four)
     tpavi_stages: list[int] | None = None
+    # MoCA (models.moca; its defaults: margin 0.5, pool_temperature 0.1, threshold 0, logit_scale 10,
+    # aggregate true; conf/model/moca_*.yaml spell them out)
+    margin: float | None = None  # of the ranking loss between positive and negative image scores
+    pool_temperature: float | None = None  # softmax pooling of the audio-pixel map into an image score
+    threshold: float | None = None  # inference: a proposal is marked when its mean cosine beats this
+    logit_scale: float | None = None  # inference: logits = (score - threshold) * logit_scale
+    aggregate: bool | None = None  # pixel matching aggregation in training (false: the plain map)
+    embed_dim: int | None = None  # width D of the pixel and audio embeddings
+    num_adapters: int | None = None  # AdaAV blocks on the frozen map
+    min_area: float | None = None  # saliency baseline: the smallest proposal it may pick (frame fraction)
 
     def __post_init__(self) -> None:
         for key in _SELECTORS:
@@ -70,6 +83,14 @@ class ModelConfig:
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ValueError(f"model.{key} must be >= 0 or null, got {value}")
+        if self.threshold is not None and not -1.0 < self.threshold < 1.0:
+            raise ValueError(f"model.threshold is on a cosine map and must lie in (-1, 1), got {self.threshold}")
+        for key in ("pool_temperature", "logit_scale"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"model.{key} must be > 0 or null, got {value}")
+        if self.margin is not None and self.margin < 0:
+            raise ValueError(f"model.margin must be >= 0 or null, got {self.margin}")
         if self.num_points is not None and self.num_points < 1:
             raise ValueError(f"model.num_points must be >= 1 or null (every pixel), got {self.num_points}")
 

@@ -52,7 +52,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,11 +79,16 @@ _MASKIGE_MEMBER = re.compile(r"^g\d{3}\.png$")
 
 
 def trainable_moca_models() -> tuple[str, ...]:
-    """Registry names this trainer takes: MoCA and the similarity baseline (the saliency
-    baseline learns nothing: score it with flows.evaluate directly)."""
+    """Registry names this trainer trains: MoCA and the similarity baseline."""
     from models.build import MOCA_MODELS
 
-    return tuple(m for m in MOCA_MODELS if "saliency" not in m)
+    return tuple(m for m in MOCA_MODELS if not training_free(m))
+
+
+def training_free(name: str) -> bool:
+    """The saliency baseline learns nothing (frozen features, the most salient Maskige proposal):
+    its run is one checkpoint of its frozen weights, written without Ray Train."""
+    return "saliency" in name
 
 
 # -- reading the train split without its masks -------------------------------------------------
@@ -257,13 +264,12 @@ class PairBatches:
 
 # -- checks before any worker starts --------------------------------------------------------------
 def check_moca_model(cfg: Config) -> str:
+    from models.build import MOCA_MODELS
+
     name = cfg.model.registry_name
-    allowed = trainable_moca_models()
-    if name not in allowed:
-        if "saliency" in name:
-            raise TrainSetupError(f"model {name!r} learns nothing (it picks the most salient Maskige proposal): "
-                                  "score it with flows.evaluate, not train_moca")
-        raise TrainSetupError(f"train_moca trains the unsupervised models {', '.join(allowed)} from mined pairs; "
+    if name not in MOCA_MODELS:
+        raise TrainSetupError(f"train_moca trains the unsupervised models {', '.join(trainable_moca_models())} from "
+                              f"mined pairs (and writes the run of the training-free {', '.join(m for m in MOCA_MODELS if training_free(m))}); "
                               f"model {name!r} (model.name={cfg.model.name}, model.size={cfg.model.size}) is not "
                               "one: pass model=moca_tiny (or moca_r50), or train supervised models with "
                               "flows.train_combo")
@@ -376,6 +382,45 @@ def run_moca_training(cfg: Config, storage: Storage, dataset_url: str,
                       callbacks: Sequence[Any] = ()) -> TrainResult:
     """Train a MoCA model (module docstring) with Ray Train, as tasks.train.run.run_training trains
     the supervised ones (the same run folder, resume, progress lines, result), with MoCA's checks
-    and per-worker loop."""
+    and per-worker loop. A training-free model (the saliency baseline) gets its run without Ray
+    Train: :func:`save_training_free`."""
+    if training_free(cfg.model.registry_name):
+        return save_training_free(cfg, storage, dataset_url, logger)
     return run_training(cfg, storage, dataset_url, logger, callbacks, plan_fn=prepare_moca,
                         loop=moca_loop_per_worker, kind=f"unsupervised, from {PAIRS_FILE}: no mask is read")
+
+
+def save_training_free(cfg: Config, storage: Storage, dataset_url: str,
+                       logger: logging.Logger | logging.LoggerAdapter | None = None) -> TrainResult:
+    """The run of a model that learns nothing: the same checks and run folder as a trained one,
+    and one checkpoint (``checkpoint_epoch0000``, epoch 0, no optimiser state) holding its frozen
+    weights, so that evaluation, reports and ``flows.evaluate`` take it as any other. A run that
+    has its checkpoint already is reused. No pairs are needed: the model reads none."""
+    from infra.config import to_dict
+    from tasks.train.checkpoint import CheckpointMeta, read_meta, save_checkpoint
+
+    logger = logger or log
+    run_name = cfg.train.run_name or f"{cfg.model.registry_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    plan = prepare(cfg, storage, dataset_url, run_name)
+    result = TrainResult(run_name=run_name, run_dir=plan.run_dir, checkpoint_uri=None, metrics={}, history=[],
+                         dataset_url=plan.dataset_url, dataset_version=plan.dataset_version, model=plan.model,
+                         setting=plan.setting)
+    if plan.latest_checkpoint is not None:
+        logger.info("run %s has its checkpoint already (%s): %s learns nothing, reusing it", run_name,
+                    plan.latest_checkpoint, plan.model)
+        meta = read_meta(plan.latest_checkpoint, storage)
+        result.checkpoint_uri, result.metrics, result.history = plan.latest_checkpoint, dict(meta.metrics), list(meta.history)
+        return result
+    torch.manual_seed(cfg.seed)
+    model = _build_model(plan, storage)
+    meta = CheckpointMeta(model=plan.model, model_options=plan.model_options, epoch=0, step=0,
+                          dataset_url=plan.dataset_url, dataset_version=plan.dataset_version, setting=plan.setting,
+                          config=to_dict(cfg), metrics={"epoch": 0, "trained": False}, history=[])
+    uri = join(plan.run_dir, "checkpoint_epoch0000")
+    with tempfile.TemporaryDirectory(prefix="avs-ckpt-") as folder:
+        save_checkpoint(folder, model, meta)
+        for name in sorted(os.listdir(folder)):
+            storage.put_file(os.path.join(folder, name), join(uri, name))
+    logger.info("%s learns nothing (training-free): its frozen weights written as %s, no Ray Train", plan.model, uri)
+    result.checkpoint_uri, result.metrics = uri, dict(meta.metrics)
+    return result

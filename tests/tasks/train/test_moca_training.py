@@ -200,10 +200,32 @@ def test_bad_input_fails_before_ray_starts(train_dataset, tmp_path, monkeypatch)
     out = [f"output={tmp_path}/out", "train.run_name=bad"]
     with pytest.raises(TrainSetupError, match="model 'combo_tiny'.*is not one: pass model=moca_tiny"):
         moca.run_moca_training(compose([*FAST, "model=combo_tiny", *out]), storage, url)
-    with pytest.raises(TrainSetupError, match="learns nothing"):
-        moca.run_moca_training(compose([*FAST, "model.name=moca_baseline_saliency", *out]), storage, url)
     nopairs = _copy_dataset(url, tmp_path / "nopairs", pairs=False)
     with pytest.raises(TrainSetupError, match=f"has no {PAIRS_FILE}: MoCA trains on mined pairs"):
         moca.run_moca_training(compose([*FAST, *out]), storage, nopairs)
     with pytest.raises(TrainSetupError, match="no manifest.json there"):
         moca.run_moca_training(compose([*FAST, *out]), storage, str(tmp_path / "missing"))
+
+
+def test_the_saliency_baseline_gets_a_run_without_ray_and_is_scored_as_any_model(train_dataset, tmp_path, monkeypatch):
+    """It learns nothing: one checkpoint of its frozen weights (epoch 0), no Ray, no pairs read;
+    the evaluate step scores it; a rerun reuses it."""
+    from tasks.evaluate.report import evaluate_checkpoint
+    from tasks.train import moca
+    from tasks.train.checkpoint import read_meta
+
+    monkeypatch.setattr("infra.ray_runtime.init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.setattr(moca, "train_pairs", lambda *a, **k: pytest.fail("pairs were read"))
+    _, url = train_dataset
+    storage = Storage()
+    cfg = compose([*FAST, "model=moca_tiny", "model.name=moca_baseline_saliency", f"output={tmp_path}/out",
+                   "train.run_name=saliency"])
+    result = run_moca_training(cfg, storage, url, logging.getLogger("test.moca"))
+    assert result.checkpoint_uri.endswith("saliency/checkpoint_epoch0000") and result.model == "moca_baseline_saliency_tiny"
+    meta = read_meta(result.checkpoint_uri, storage)
+    assert meta.epoch == 0 and meta.metrics["trained"] is False
+    scores = evaluate_checkpoint(result.checkpoint_uri, url, storage, str(tmp_path / "report"), split="test",
+                                 device="cpu", batch_size=2, expect_model="moca_baseline_saliency_tiny", num_overlays=0)
+    assert 0.0 <= scores["miou"] <= 1.0 and (tmp_path / "report" / "metrics.json").exists()
+    again = run_moca_training(cfg, storage, url, logging.getLogger("test.moca"))
+    assert again.checkpoint_uri == result.checkpoint_uri
