@@ -1,0 +1,66 @@
+"""The quality benchmarks' own arithmetic: how bench/quality_gpu.py fits its runs to a budget and
+walks the epochs, and how bench/quality.py states the share of the gap MoCA closes."""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def gpu_bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("quality_gpu")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def cpu_bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("quality")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_fit_plan_drops_the_last_runs_until_each_gets_its_minimum(gpu_bench):
+    plan = [("s4", "combo"), ("s4", "tpavi"), ("ms3", "combo")]
+    per_step = {"combo": 0.3, "tpavi": 0.1}
+    assert gpu_bench.fit_plan(plan, per_step, 700.0, 500, 10**6) == (plan, 1000)  # 0.7 s per step of all three
+    assert gpu_bench.fit_plan(plan, per_step, 300.0, 500, 10**6) == (plan[:2], 750)  # 0.4 s for the first two
+    assert gpu_bench.fit_plan(plan, per_step, 30.0, 500, 10**6) == (plan[:1], 100)  # the first always stays
+    assert gpu_bench.fit_plan(plan, per_step, 700.0, 500, 600) == (plan, 600)  # capped
+
+
+def test_epoch_shuffle_visits_every_clip_once_per_epoch(gpu_bench):
+    sampler = gpu_bench.EpochShuffle(5, 12, seed=0)
+    ks = list(sampler)
+    assert len(ks) == len(sampler) == 12
+    epochs = [[k % 5 for k in ks if k // 5 == e] for e in range(3)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(5)) and len(epochs[2]) == 2
+    assert ks == list(gpu_bench.EpochShuffle(5, 12, seed=0))  # the same order for the same seed
+
+
+def test_parse_plan_names_a_bad_entry(gpu_bench):
+    assert gpu_bench.parse_plan(["s4:combo", "sync_s4:tpavi"]) == [("s4", "combo"), ("sync_s4", "tpavi")]
+    with pytest.raises(SystemExit, match="'sync_s4:avsac' is not SET:MODEL"):
+        gpu_bench.parse_plan(["sync_s4:avsac"])
+
+
+def test_gap_closed(cpu_bench):
+    def r(miou):
+        return {"miou": miou}
+
+    runs = {"combo": r(0.5), "moca_baseline_saliency": r(0.2), "moca_baseline_similarity": r(0.1), "moca": r(0.35)}
+    assert cpu_bench.gap_closed(runs) == pytest.approx(0.5)  # halfway from the better baseline (0.2) to COMBO
+    assert cpu_bench.gap_closed({**runs, "moca": r(0.1)}) == pytest.approx(-1 / 3)  # below the baseline
+    assert cpu_bench.gap_closed({k: v for k, v in runs.items() if k != "combo"}) is None
+    assert cpu_bench.gap_closed({**runs, "combo": r(0.2)}) is None  # no gap to close
+    assert np.isfinite(cpu_bench.gap_closed(runs))
