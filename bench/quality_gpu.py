@@ -54,6 +54,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "bench"))  # quality.py; last, so that bench/models.py never hides models/
+
+from quality import MODELS as FLOW_MODELS  # noqa: E402  (bench/, the script's folder)
+from quality import SETS as FLOW_SETS  # noqa: E402
+from quality import SUPERVISED  # noqa: E402
 
 from infra.config import compose  # noqa: E402
 from models.build import build_model  # noqa: E402
@@ -66,19 +71,11 @@ from tasks.synthavs.generate import generate_clip  # noqa: E402
 from tasks.synthavs.oracles import ORACLES, OracleScores  # noqa: E402
 from tasks.train.optim import build_optimizer, build_scheduler  # noqa: E402
 
-SETS = {  # as bench/quality.py: name -> (data preset, setting, models)
-    "s4": ("synth_hard", "s4", ("combo", "combo_no_audio", "tpavi", "avsac", "combo_no_maskige", "combo_no_consistency")),
-    "ms3": ("synth_hard", "ms3", ("combo", "combo_no_audio", "tpavi", "avsac", "combo_no_maskige", "combo_no_consistency")),
-    "sync_s4": ("synth_sync", "s4", ("combo", "tpavi")),
-}
-MODELS = {
-    "combo": ["model=combo_tiny"],
-    "combo_no_audio": ["model=combo_tiny", "model.use_audio=false"],
-    "combo_no_maskige": ["model=combo_tiny", "model.use_maskige=false"],
-    "combo_no_consistency": ["model=combo_tiny", "model.lambda_ada=0"],
-    "tpavi": ["model=tpavi_tiny"],
-    "avsac": ["model=avsac_tiny"],
-}
+# bench/quality.py's sets and supervised models (MoCA trains from mined pairs, which this script
+# does not mine)
+SETS = {name: (preset, setting, tuple(m for m in models if m in SUPERVISED))
+        for name, (preset, setting, models) in FLOW_SETS.items()}
+MODELS = {m: FLOW_MODELS[m] for m in SUPERVISED}
 
 
 # -- data: encoded samples in memory ----------------------------------------------------------

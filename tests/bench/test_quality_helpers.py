@@ -12,22 +12,22 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-@pytest.fixture(scope="module")
-def gpu_bench():
+def _bench(name: str):
     sys.path.insert(0, str(BENCH))
     try:
-        yield importlib.import_module("quality_gpu")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def gpu_bench():
+    return _bench("quality_gpu")
 
 
 @pytest.fixture(scope="module")
 def cpu_bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("quality")
-    finally:
-        sys.path.remove(str(BENCH))
+    return _bench("quality")
 
 
 def test_fit_plan_drops_the_last_runs_until_each_gets_its_minimum(gpu_bench):
