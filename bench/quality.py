@@ -67,7 +67,7 @@ sys.path.insert(0, str(REPO))
 
 from _common import last_meta, run_logged  # noqa: E402  (bench/, the script's folder)
 
-from infra.config import compose  # noqa: E402
+from infra.config import compose, to_dict  # noqa: E402
 from infra.schema.enrich import MaskigeConfig  # noqa: E402
 from tasks.enrich.mask_quality import format_table, measure_mask_sources  # noqa: E402
 from tasks.evaluate.compare import paired_bootstrap, read_per_video  # noqa: E402
@@ -146,6 +146,11 @@ def train_one(args, set_name: str, model: str, data: list[str], run_root: Path, 
     if finished:
         wall = float(json.loads((report / "bench_wall.json").read_text())["wall_s"]) if (report / "bench_wall.json").exists() else 0.0
         print(f"  {model}: finished run {run_name} and its report found, not trained again", flush=True)
+        changed = recipe_changes(ckpt_meta.get("config", {}).get("train", {}),
+                                 to_dict(compose([*data, *MODELS[model], f"train={args.recipe}", *args.train_override]).train))
+        if changed:
+            print(f"  {model}: WARNING: that run was trained with another recipe ({'; '.join(changed)}); delete "
+                  f"{run_root / 'runs' / run_name} and {report} to train it with this one", flush=True)
     else:
         print(f"training {model} ...", flush=True)
         wall = run_logged(cmd, run_root / "logs" / f"{set_name}-{model}.log", f"training {model} on {set_name}")
@@ -157,6 +162,26 @@ def train_one(args, set_name: str, model: str, data: list[str], run_root: Path, 
     return {"miou": float(metrics["miou"]), "fscore": float(metrics["fscore"]), "train_s": round(train_s, 1),
             "wall_s": round(wall, 1), "epochs": len(ckpt_meta.get("history", [])),
             "per_video_miou": read_per_video(per_video, "miou"), "per_video_fscore": read_per_video(per_video, "fscore")}
+
+
+# train.* settings that name or place a run rather than shape its training
+_RUN_PLACE = ("run_name", "storage_path", "dataset", "evaluate", "resume", "resume_from", "hooks", "num_to_keep",
+              "max_failures", "collective_timeout_s", "placement_strategy")
+
+
+def recipe_changes(found: dict, wanted: dict, prefix: str = "train") -> list[str]:
+    """'key: found -> wanted' for every training setting in which a found run's config differs
+    from the recipe asked for (where and how the run was placed left out)."""
+    out = []
+    for key in sorted(set(found) | set(wanted)):
+        if prefix == "train" and key in _RUN_PLACE:
+            continue
+        a, b = found.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += recipe_changes(a, b, f"{prefix}.{key}")
+        elif a != b:
+            out.append(f"{prefix}.{key}: {a} -> {b}")
+    return out
 
 
 def run_set(args, set_name: str) -> dict:

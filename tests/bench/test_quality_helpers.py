@@ -64,3 +64,11 @@ def test_gap_closed(cpu_bench):
     assert cpu_bench.gap_closed({k: v for k, v in runs.items() if k != "combo"}) is None
     assert cpu_bench.gap_closed({**runs, "combo": r(0.2)}) is None  # no gap to close
     assert np.isfinite(cpu_bench.gap_closed(runs))
+
+
+def test_recipe_changes_name_what_a_found_run_was_trained_with(cpu_bench):
+    found = {"epochs": 3, "lr": 1e-4, "run_name": "a", "loader": {"batch_size": 4}}
+    wanted = {"epochs": 3, "lr": 2e-4, "run_name": "b", "loader": {"batch_size": 4, "silent_audio_prob": 0.1}}
+    assert cpu_bench.recipe_changes(found, wanted) == ["train.loader.silent_audio_prob: None -> 0.1",
+                                                       "train.lr: 0.0001 -> 0.0002"]
+    assert cpu_bench.recipe_changes(found, found) == []
