@@ -87,7 +87,10 @@ Choices (the paper gives no code; every place where ours had to choose, and ever
   masked out of the mean.
 - Threshold: absolute, on the cosine map (``threshold``, default 0). The ranking loss pushes
   S(pos) up and S(neg) down with equal force from scores near 0 at the start, so 0 sits
-  between the two; a threshold picked on validation data is better.
+  between the two; a threshold picked on validation data is better, and the trainer picks one
+  (``tasks.train.moca.calibrate_threshold``: the best val mIoU on a grid, stored in the
+  checkpoint). Measured on SynthAVS hard S4 (bench/quality.py, one epoch): at 0, MoCA-tiny
+  marked nothing on any test frame (mIoU 0.125, the "nothing" oracle).
 - Proposals: every distinct colour is one proposal. The ADE20K palette gives indices 6 and
   48 the same colour (140, 140, 140), so in a frame with 48 or more masks those two merge into
   one proposal. A Maskige of zeros (the loader's "absent") is one proposal covering the frame.

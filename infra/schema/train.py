@@ -81,6 +81,10 @@ class TrainConfig:
     max_failures: int = 2  # FailureConfig.max_failures: worker-group restarts from the last checkpoint
     collective_timeout_s: int = 1800  # TorchConfig.timeout_s: a rank stuck this long in a collective fails
     evaluate: bool = True  # the flow ends with tasks.evaluate.report.evaluate_checkpoint on test_split
+    # MoCA and its similarity baseline (flows.train_moca): after the last epoch, the inference threshold
+    # (model.threshold) becomes the one of a grid that scores the best mIoU on this split, and is stored
+    # in the checkpoint; one number read off the split's masks, never a loss term. null = model.threshold.
+    moca_threshold_split: str | None = "val"
     hooks: TrainHooks = field(default_factory=TrainHooks)
 
     def __post_init__(self) -> None:

@@ -45,6 +45,13 @@ dict (through ``forward``, so DDP syncs the gradients); AdamW (``train.optimizer
 trainable parameters only (``tasks.train.optim`` leaves the frozen backbone and VGGish out);
 the gradient clipped to ``train.grad_clip``; a checkpoint every ``train.checkpoint_every``
 epochs and after the last, resumed as ``tasks.train.loop`` resumes.
+
+The inference threshold (:func:`calibrate_threshold`): after the last epoch, before the test
+scores and the last checkpoint, the threshold on the cosine map becomes the one of a grid
+(-0.9 .. 0.9) that scores the best mIoU on ``train.moca_threshold_split`` (default val), stored
+in the checkpoint's model options so that every later evaluation uses it. It is one number read
+off that split's masks, as a threshold is chosen on validation data for any model; the train
+split's masks are still never read. ``train.moca_threshold_split=null`` keeps ``model.threshold``.
 """
 from __future__ import annotations
 
@@ -56,6 +63,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -371,9 +379,55 @@ def moca_loop_per_worker(config: dict[str, Any], storage: Storage | None = None)
             if t.hooks.report_clip_ids:
                 keys.extend(batch["anchor_keys"])
 
+        extra = {"anchors": len(pairs), "frame_store_bytes": store.nbytes, "frame_store_load_s": load_s}
+        if epoch + 1 == t.epochs and t.moca_threshold_split and hasattr(bare, "threshold"):
+            given = bare.threshold
+            chosen, table = calibrate_threshold(bare, t.moca_threshold_split, plan, cfg, storage, device, amp)
+            bare.threshold = chosen
+            plan = dataclasses.replace(plan, model_options={**plan.model_options, "threshold": chosen})
+            split = t.moca_threshold_split
+            extra.update({"threshold": chosen, "threshold_given": given, f"{split}_miou_at_threshold": table[chosen],
+                          f"{split}_miou_at_threshold_given": table.get(round(float(given), 2))})
         end_epoch(model, optimizer, scheduler, cfg, plan, storage, device, amp, epoch, step, started, sums, anchors,
                   history, rank_batches, keys,  # keys: anchor frame keys
-                  extra={"anchors": len(pairs), "frame_store_bytes": store.nbytes, "frame_store_load_s": load_s})
+                  extra=extra)
+
+
+# -- the inference threshold -------------------------------------------------------------------------------
+THRESHOLD_GRID = tuple(round(-0.9 + 0.05 * i, 2) for i in range(37))  # -0.9 .. 0.9 on the cosine map
+
+
+@torch.no_grad()
+def calibrate_threshold(bare: torch.nn.Module, split: str, plan: TrainPlan, cfg: Config, storage: Storage,
+                        device: torch.device, amp: Any) -> tuple[float, dict[float, float]]:
+    """The threshold of THRESHOLD_GRID whose predictions score the best mIoU (AVSBench protocol)
+    on ``split``, and every threshold's mIoU. The model's logits are ``(score - threshold) *
+    logit_scale`` (``models.moca``), so one forward pass gives the scores and every threshold is
+    applied to them. Every rank scores its share of the split; the metrics sum over the ranks
+    (each rank computes every threshold in the same order). Ties go to the lowest threshold."""
+    from tasks.evaluate.scoring import model_inputs, new_metric, predict, to_device
+    from tasks.shards.loader import make_loader
+
+    metrics = {th: new_metric(plan.setting, plan.num_classes).to(device) for th in THRESHOLD_GRID}
+    plain = dataclasses.replace(cfg.train.loader, augment=False, shuffle_buffer=0)
+    was_training = bare.training
+    bare.eval()
+    for batch in make_loader(plan.dataset_url, storage, plain, split):
+        batch = to_device(batch, device)
+        with amp:
+            outputs = bare(**model_inputs(batch))
+        scores = predict(bare, outputs, batch).float() / bare.logit_scale + bare.threshold
+        for i in range(len(batch["clip_id"])):
+            gt = batch["gt_frames"][i]
+            if bool(gt.any()):
+                for th, metric in metrics.items():
+                    metric.update((scores[i][gt] - th) * bare.logit_scale, batch["masks"][i][gt])
+    bare.train(was_training)
+    with warnings.catch_warnings():  # a rank without data of this split computes too: expected
+        warnings.filterwarnings("ignore", message=".*compute.*before the ``update``")
+        table = {th: float(metric.compute()["miou"]) for th, metric in metrics.items()}
+    best = max(table.values())
+    return next(th for th in THRESHOLD_GRID if table[th] == best), table
 
 
 # -- the run --------------------------------------------------------------------------------------------

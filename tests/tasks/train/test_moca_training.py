@@ -148,6 +148,7 @@ def first_run(maskless, tmp_path_factory, ray_local):
 @pytest.mark.filterwarnings("ignore:.*send logs to the API without a flow run id")
 def test_moca_trains_on_ray_without_train_masks_and_its_checkpoint_is_scored(first_run, maskless, tmp_path):
     from tasks.evaluate.report import evaluate_checkpoint
+    from tasks.train import moca
     from tasks.train.checkpoint import load_checkpoint
 
     result, out = first_run
@@ -159,6 +160,9 @@ def test_moca_trains_on_ray_without_train_masks_and_its_checkpoint_is_scored(fir
     assert {"train_loss", "train_loss_contrastive", "train_positive_score", "train_negative_score", "test_miou"} <= set(m)
     ckpt = load_checkpoint(result.checkpoint_uri, storage, expect_model="moca_tiny", with_train_state=True)
     assert ckpt.meta.epoch == 1 and ckpt.meta.dataset_url == maskless and ckpt.train_state["optimizer"] is not None
+    # the inference threshold: chosen on val after the last epoch, never worse there than the given one
+    assert m["threshold"] in moca.THRESHOLD_GRID and ckpt.meta.model_options["threshold"] == m["threshold"]
+    assert m["threshold_given"] == 0.0 and m["val_miou_at_threshold"] >= m["val_miou_at_threshold_given"]
 
     # scored as any model's checkpoint is, on the test split with its masks
     report = tmp_path / "report"
