@@ -147,7 +147,8 @@ def train_one(args, set_name: str, model: str, data: list[str], run_root: Path, 
         wall = float(json.loads((report / "bench_wall.json").read_text())["wall_s"]) if (report / "bench_wall.json").exists() else 0.0
         print(f"  {model}: finished run {run_name} and its report found, not trained again", flush=True)
         changed = recipe_changes(ckpt_meta.get("config", {}).get("train", {}),
-                                 to_dict(compose([*data, *MODELS[model], f"train={args.recipe}", *args.train_override]).train))
+                                 to_dict(compose([*data, *MODELS[model], f"train={args.recipe}", *args.train_override]).train),
+                                 ignore=("moca_threshold_split",) if model in SUPERVISED else ())
         if changed:
             print(f"  {model}: WARNING: that run was trained with another recipe ({'; '.join(changed)}); delete "
                   f"{run_root / 'runs' / run_name} and {report} to train it with this one", flush=True)
@@ -169,12 +170,13 @@ _RUN_PLACE = ("run_name", "storage_path", "dataset", "evaluate", "resume", "resu
               "max_failures", "collective_timeout_s", "placement_strategy")
 
 
-def recipe_changes(found: dict, wanted: dict, prefix: str = "train") -> list[str]:
+def recipe_changes(found: dict, wanted: dict, prefix: str = "train", ignore: tuple[str, ...] = ()) -> list[str]:
     """'key: found -> wanted' for every training setting in which a found run's config differs
-    from the recipe asked for (where and how the run was placed left out)."""
+    from the recipe asked for (where and how the run was placed left out, and ``ignore``: settings
+    the model does not read)."""
     out = []
     for key in sorted(set(found) | set(wanted)):
-        if prefix == "train" and key in _RUN_PLACE:
+        if prefix == "train" and (key in _RUN_PLACE or key in ignore):
             continue
         a, b = found.get(key), wanted.get(key)
         if isinstance(a, dict) and isinstance(b, dict):

@@ -72,3 +72,5 @@ def test_recipe_changes_name_what_a_found_run_was_trained_with(cpu_bench):
     assert cpu_bench.recipe_changes(found, wanted) == ["train.loader.silent_audio_prob: None -> 0.1",
                                                        "train.lr: 0.0001 -> 0.0002"]
     assert cpu_bench.recipe_changes(found, found) == []
+    assert cpu_bench.recipe_changes({"lr": 1.0}, {"lr": 1.0, "moca_threshold_split": "val"},
+                                    ignore=("moca_threshold_split",)) == []
