@@ -149,7 +149,7 @@ def train_one(args, set_name: str, model: str, data: list[str], run_root: Path, 
         changed = recipe_changes(ckpt_meta.get("config", {}).get("train", {}),
                                  to_dict(compose([*data, *MODELS[model], f"train={args.recipe}", *args.train_override]).train),
                                  ignore=("moca_threshold_split",) if model in SUPERVISED else ())
-        if changed:
+        if changed and trained_epochs:  # a training-free run does not depend on the recipe
             print(f"  {model}: WARNING: that run was trained with another recipe ({'; '.join(changed)}); delete "
                   f"{run_root / 'runs' / run_name} and {report} to train it with this one", flush=True)
     else:
