@@ -239,7 +239,9 @@ def run_set(args, set_name: str) -> dict:
     gap = gap_closed(results)
     if gap is not None:
         out["moca_gap_closed"] = round(gap, 4)
-        print(f"  MoCA closes {gap:.0%} of the gap between the better unsupervised baseline and supervised COMBO (mIoU)")
+        print(f"  MoCA closes {gap:.0%} of the gap between the better unsupervised baseline and supervised COMBO (mIoU)"
+              if gap >= 0 else f"  MoCA is below the better unsupervised baseline: it closes none of the gap to supervised "
+              f"COMBO (moca_gap_closed {gap:.2f})")
     return out
 
 
