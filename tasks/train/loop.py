@@ -239,19 +239,30 @@ def _score_split(bare: torch.nn.Module, split: str, plan: TrainPlan, cfg: Config
     """AVSBench scores of this rank's share of split, summed over all ranks (every rank calls
     compute once, with or without data): {split}_miou, {split}_fscore and the variants."""
     metric = new_metric(plan.setting, plan.num_classes).to(device)
-    plain = dataclasses.replace(cfg.train.loader, augment=False, shuffle_buffer=0)
-    was_training = bare.training
-    bare.eval()
-    for batch in make_loader(plan.dataset_url, storage, plain, split):
-        batch = to_device(batch, device)
-        with amp:
-            outputs = bare(**model_inputs(batch))
-        score_clips(metric, predict(bare, outputs, batch), batch)
+    for batch, pred in split_predictions(bare, split, plan, cfg, storage, device, amp):
+        score_clips(metric, pred, batch)
     with warnings.catch_warnings():  # a rank without data of this split computes too: expected
         warnings.filterwarnings("ignore", message=".*compute.*before the ``update``")
         scores = metric.compute()
-    bare.train(was_training)
     return {f"{split}_{k}": float(v) for k, v in scores.items() if v.numel() == 1}
+
+
+def split_predictions(bare: torch.nn.Module, split: str, plan: TrainPlan, cfg: Config, storage: Storage,
+                      device: torch.device, amp: Any) -> Any:
+    """(batch on device, ``predict`` output) for this rank's share of split, the model in eval
+    mode without gradients meanwhile (its train / eval mode restored after)."""
+    plain = dataclasses.replace(cfg.train.loader, augment=False, shuffle_buffer=0)
+    was_training = bare.training
+    bare.eval()
+    try:
+        for batch in make_loader(plan.dataset_url, storage, plain, split):
+            batch = to_device(batch, device)
+            with torch.no_grad(), amp:
+                outputs = bare(**model_inputs(batch))
+                pred = predict(bare, outputs, batch)
+            yield batch, pred
+    finally:
+        bare.train(was_training)
 
 
 def _maybe_fail_once(t: Any, rank: int, step: int, plan: TrainPlan, storage: Storage) -> None:

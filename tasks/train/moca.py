@@ -405,24 +405,17 @@ def calibrate_threshold(bare: torch.nn.Module, split: str, plan: TrainPlan, cfg:
     logit_scale`` (``models.moca``), so one forward pass gives the scores and every threshold is
     applied to them. Every rank scores its share of the split; the metrics sum over the ranks
     (each rank computes every threshold in the same order). Ties go to the lowest threshold."""
-    from tasks.evaluate.scoring import model_inputs, new_metric, predict, to_device
-    from tasks.shards.loader import make_loader
+    from tasks.evaluate.scoring import new_metric
+    from tasks.train.loop import split_predictions
 
     metrics = {th: new_metric(plan.setting, plan.num_classes).to(device) for th in THRESHOLD_GRID}
-    plain = dataclasses.replace(cfg.train.loader, augment=False, shuffle_buffer=0)
-    was_training = bare.training
-    bare.eval()
-    for batch in make_loader(plan.dataset_url, storage, plain, split):
-        batch = to_device(batch, device)
-        with amp:
-            outputs = bare(**model_inputs(batch))
-        scores = predict(bare, outputs, batch).float() / bare.logit_scale + bare.threshold
+    for batch, pred in split_predictions(bare, split, plan, cfg, storage, device, amp):
+        scores = pred.float() / bare.logit_scale + bare.threshold
         for i in range(len(batch["clip_id"])):
             gt = batch["gt_frames"][i]
             if bool(gt.any()):
                 for th, metric in metrics.items():
                     metric.update((scores[i][gt] - th) * bare.logit_scale, batch["masks"][i][gt])
-    bare.train(was_training)
     with warnings.catch_warnings():  # a rank without data of this split computes too: expected
         warnings.filterwarnings("ignore", message=".*compute.*before the ``update``")
         table = {th: float(metric.compute()["miou"]) for th, metric in metrics.items()}
