@@ -210,13 +210,14 @@ class HungarianLoss(nn.Module):
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
         indices = self.matcher.match_packed(logits.detach(), masks.detach(), packed)
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)
-        if not any(len(q) for q, _ in indices):
-            loss_ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.class_weight)
+        matched = packed.matched(indices) if any(len(q) for q, _ in indices) else None
+        if matched is not None:
+            target_classes[matched[0], matched[1]] = matched[2]
+        loss_ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.class_weight)
+        if matched is None:
             zero = masks.sum() * 0.0  # keeps the graph connected for DDP
             return {"loss_ce": loss_ce, "loss_mask": zero, "loss_dice": zero}
-        frames, queries, labels, tgt = packed.matched(indices)
-        target_classes[frames, queries] = labels
-        loss_ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.class_weight)
+        frames, queries, _, tgt = matched
         src = F.interpolate(masks[frames, queries][:, None], size=packed.size, mode="bilinear", align_corners=False)
         src = src.flatten(1).float()  # M x P
         return {"loss_ce": loss_ce, "loss_mask": sigmoid_bce_loss(src, tgt, num_masks),
