@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist). Most of the suite's time is spent in one process waiting on
+# another (Prefect servers, Ray start-up, flows in subprocesses), so two share 2 cores well. A
+# file's tests stay in one process (--dist loadfile): their module fixtures are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: run test install lock clean
 
@@ -27,7 +31,7 @@ run: $(STAMP)
 	$(PY) -m flows.pipeline $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Re-resolve the pins after changing pyproject.toml's dependencies (see README).
 lock:

@@ -28,7 +28,10 @@ def init_ray(cfg: ClusterConfig | None = None) -> dict:
         if address:
             kwargs["address"] = address
         else:
+            # "local", not None: Ray given no address joins a Ray it finds running on this machine
+            # (another flow run's, or one started by hand), which ends when its owner does.
             kwargs.update(
+                address="local",
                 num_cpus=cfg.num_cpus,
                 num_gpus=cfg.num_gpus,
                 include_dashboard=cfg.include_dashboard,

@@ -68,11 +68,11 @@ def local_storage(tmp_path):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the whole session (2 CPUs, as on CI)."""
+    """One local Ray for the whole session (2 CPUs, as on CI), its own even when another test process runs one."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, namespace="avs-tests", log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="avs-tests", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
