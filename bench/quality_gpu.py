@@ -26,6 +26,10 @@ What differs, all of it on purpose:
   first one from a timed probe of each model (``--probe-steps``) so that all of them fit ``--budget-s``
   of training. ``--steps`` fixes it by hand.
 
+A diagnostic row beyond ``bench/quality.py``'s: ``reference_unet`` (``bench/reference_unet.py``), a
+small audio-FiLM U-Net trained with TPAVI-tiny's recipe and loss, to tell whether a set can be
+learned from scratch in the steps given at all (``--plan s4:reference_unet``).
+
 Last line: ``{"device", "steps", "batch", "s4": {"combo": {"miou", "fscore", "train_s", "steps",
 "epochs"}, ..., "oracles": {...}, "combo_minus_no_audio": {...}, "combo_minus_tpavi": {...}},
 "ms3": {...}, "sync_s4": {...}}`` (the keys of ``bench/quality.py``). ``--json-out`` rewrites the same
@@ -59,6 +63,7 @@ sys.path.append(str(REPO / "bench"))  # quality.py; last, so that bench/models.p
 from quality import MODELS as FLOW_MODELS  # noqa: E402  (bench/, the script's folder)
 from quality import SETS as FLOW_SETS  # noqa: E402
 from quality import SUPERVISED  # noqa: E402
+from reference_unet import ReferenceUNet  # noqa: E402  (bench/)
 
 from infra.config import compose  # noqa: E402
 from models.build import build_model  # noqa: E402
@@ -72,10 +77,12 @@ from tasks.synthavs.oracles import ORACLES, OracleScores  # noqa: E402
 from tasks.train.optim import build_optimizer, build_scheduler  # noqa: E402
 
 # bench/quality.py's sets and supervised models (MoCA trains from mined pairs, which this script
-# does not mine)
-SETS = {name: (preset, setting, tuple(m for m in models if m in SUPERVISED))
+# does not mine), and on every set the diagnostic reference learner (bench/reference_unet.py; its
+# config is TPAVI-tiny's, for the optimiser and the recipe: the network is built here)
+REFERENCE = "reference_unet"
+SETS = {name: (preset, setting, tuple(m for m in models if m in SUPERVISED) + (REFERENCE,))
         for name, (preset, setting, models) in FLOW_SETS.items()}
-MODELS = {m: FLOW_MODELS[m] for m in SUPERVISED}
+MODELS = {**{m: FLOW_MODELS[m] for m in SUPERVISED}, REFERENCE: FLOW_MODELS["tpavi"]}
 
 
 # -- data: encoded samples in memory ----------------------------------------------------------
@@ -155,8 +162,10 @@ def _loader(data: MemoryClips, sampler, batch: int, workers: int) -> torch.utils
                                        persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
-def _build(cfg, device: torch.device) -> torch.nn.Module:
+def _build(cfg, device: torch.device, name: str) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
+    if name == REFERENCE:
+        return ReferenceUNet().to(device)
     return build_model(cfg.model.registry_name, **cfg.model.builder_options(num_classes=1)).to(device)
 
 
@@ -178,10 +187,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def probe(cfg, train: list[dict], device: torch.device, steps: int, workers: int) -> float:
-    """Seconds per optimiser step of this model (after two warm-up steps)."""
+def probe(cfg, train: list[dict], device: torch.device, steps: int, workers: int, name: str) -> float:
+    """Seconds per optimiser step of model ``name`` (after two warm-up steps)."""
     t = cfg.train
-    model = _build(cfg, device).train()
+    model = _build(cfg, device, name).train()
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, total_steps=1000)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp == "bf16")
@@ -201,7 +210,7 @@ def probe(cfg, train: list[dict], device: torch.device, steps: int, workers: int
 def train_and_score(cfg, train: list[dict], test: list[dict], steps: int, device: torch.device, workers: int,
                     label: str) -> dict:
     t = cfg.train
-    model = _build(cfg, device).train()
+    model = _build(cfg, device, label).train()
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, total_steps=steps)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp == "bf16")
@@ -240,7 +249,7 @@ def train_and_score(cfg, train: list[dict], test: list[dict], steps: int, device
 # -- the benchmark ------------------------------------------------------------------------------
 # Runs in the order they are dropped last: when the budget gives fewer than --min-steps steps to
 # every run, runs are dropped from the end of this list until it does.
-PRIORITY = ("s4:combo", "s4:combo_no_audio", "s4:tpavi", "ms3:combo", "ms3:combo_no_audio", "s4:avsac",
+PRIORITY = ("s4:combo", "s4:combo_no_audio", "s4:tpavi", "s4:reference_unet", "ms3:combo", "ms3:combo_no_audio", "s4:avsac",
             "s4:combo_no_maskige", "s4:combo_no_consistency", "sync_s4:combo", "sync_s4:tpavi", "ms3:tpavi",
             "ms3:avsac", "ms3:combo_no_maskige", "ms3:combo_no_consistency")
 
@@ -305,7 +314,9 @@ def print_set(set_name: str, out: dict, steps: int, batch: int) -> None:
     print(f"\n{set_name}: test mIoU / F-score ({out['test_clips']} videos, {steps} steps of {batch} clips)")
     for model in MODELS:
         r = out.get(model)
-        if r:
+        if r and "error" in r:
+            print(f"  {model:30s} failed: {r['error']}")
+        elif r:
             print(f"  {model:30s} {r['miou']:7.4f} {r['fscore']:7.4f}  train {r['train_s']:5.0f} s")
     for o in ORACLES:
         print(f"  {'oracle: ' + o:30s} {out['oracles'][o]['miou']:7.4f} {out['oracles'][o]['fscore']:7.4f}")
@@ -358,7 +369,7 @@ def main() -> None:
     batch = recipe.loader.batch_size
     if args.steps is None:  # time each model on the first run's set, then fit the plan to the budget
         probe_set = plan[0][0]
-        per_step = {m: probe(set_config(args, probe_set, m), data(probe_set)[0], device, args.probe_steps, workers)
+        per_step = {m: probe(set_config(args, probe_set, m), data(probe_set)[0], device, args.probe_steps, workers, m)
                     for m in dict.fromkeys(m for _, m in plan)}
         kept, steps = fit_plan(plan, per_step, args.budget_s, args.min_steps, args.max_steps)
         print("probe (s per step): " + ", ".join(f"{m} {s:.3f}" for m, s in per_step.items())
