@@ -249,9 +249,9 @@ def train_and_score(cfg, train: list[dict], test: list[dict], steps: int, device
 # -- the benchmark ------------------------------------------------------------------------------
 # Runs in the order they are dropped last: when the budget gives fewer than --min-steps steps to
 # every run, runs are dropped from the end of this list until it does.
-PRIORITY = ("s4:combo", "s4:combo_no_audio", "s4:tpavi", "s4:reference_unet", "ms3:combo", "ms3:combo_no_audio", "s4:avsac",
-            "s4:combo_no_maskige", "s4:combo_no_consistency", "sync_s4:combo", "sync_s4:tpavi", "ms3:tpavi",
-            "ms3:avsac", "ms3:combo_no_maskige", "ms3:combo_no_consistency")
+PRIORITY = ("s4:combo", "s4:combo_no_audio", "s4:tpavi", "s4:reference_unet", "ms3:combo", "ms3:combo_no_audio",
+            "s4:avsac", "s4:combo_no_maskige", "s4:combo_no_consistency", "sync_s4:combo", "sync_s4:tpavi",
+            "ms3:tpavi", "ms3:avsac", "ms3:combo_no_maskige", "ms3:combo_no_consistency")
 
 
 def set_config(args, set_name: str, model: str = "combo"):

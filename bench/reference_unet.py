@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.backbones import _conv_bn_relu
 from models.build import TINY_ENCODERS
 from models.encoders import build_encoders
 from models.pixel_mask_model import PixelMaskModel
@@ -33,8 +34,7 @@ from models.tpavi import tpavi_loss
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(_conv_bn_relu(c_in, c_out, 1), _conv_bn_relu(c_out, c_out, 1))  # TinyCNN's unit, twice
 
 
 class FiLM(nn.Module):
@@ -46,9 +46,7 @@ class FiLM(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: torch.Tensor, audio: torch.Tensor | None) -> torch.Tensor:
-        if audio is None:
-            return x
+    def forward(self, x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.proj(audio).chunk(2, dim=-1)
         return x * (1 + gamma[..., None, None]) + beta[..., None, None]
 

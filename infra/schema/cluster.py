@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 @dataclass
 class ClusterConfig:
-    # None: start a local Ray of this run's own, even when another runs on this machine. "auto": join the cluster this machine belongs to.
+    # None: start a local Ray of this run's own, even when another runs on this machine.
+    # "auto": join the cluster this machine belongs to.
     # "ray://head:10001": Ray Client. RAY_ADDRESS in the environment wins over None.
     address: str | None = None
     num_cpus: int | None = None  # local Ray only; None = all cores
