@@ -30,6 +30,12 @@ A diagnostic row beyond ``bench/quality.py``'s: ``reference_unet`` (``bench/refe
 small audio-FiLM U-Net trained with TPAVI-tiny's recipe and loss, to tell whether a set can be
 learned from scratch in the steps given at all (``--plan s4:reference_unet``).
 
+A diagnostic input beyond it: ``--audio oracle`` gives every model, in place of each clip's log-mel,
+a clean code of which on-screen categories sound in each second (``oracle_logmel``). What a model
+still misses with it is the visual half of the task (which shape a category has, which object is
+the one), so the gap between ``--audio real`` and ``--audio oracle`` is what learning the sounds
+costs.
+
 Last line: ``{"device", "steps", "batch", "s4": {"combo": {"miou", "fscore", "train_s", "steps",
 "epochs"}, ..., "oracles": {...}, "combo_minus_no_audio": {...}, "combo_minus_tpavi": {...}},
 "ms3": {...}, "sync_s4": {...}}`` (the keys of ``bench/quality.py``). ``--json-out`` rewrites the same
@@ -89,9 +95,31 @@ MODELS = {**{m: FLOW_MODELS[m] for m in SUPERVISED}, REFERENCE: FLOW_MODELS["tpa
 _WORKER: dict = {}
 
 
-def _init_worker(synth_cfg, maskige_cfg) -> None:
+def _init_worker(synth_cfg, maskige_cfg, audio: str = "real") -> None:
     torch.set_num_threads(1)
-    _WORKER.update(synth=synth_cfg, maker=MaskigeMaker(maskige_cfg))
+    _WORKER.update(synth=synth_cfg, maker=MaskigeMaker(maskige_cfg), audio=audio)
+
+
+ORACLE_LOW, ORACLE_HIGH = -2.0, 3.0  # about the 5th percentile and the maximum of a SynthAVS log-mel
+
+
+def oracle_logmel(objects: list[dict], num_seconds: int, num_categories: int) -> np.ndarray:
+    """float32 [T, 96, 64]: what the ``--audio oracle`` diagnostic gives the models in place of the
+    log-mel, a clean code of which on-screen categories sound in each second. The 64 mel bins are cut
+    into ``num_categories`` bands; the band of category id c (1-based) is ORACLE_HIGH over the whole
+    second when an object of c sounds in it, everything else ORACLE_LOW. Off-screen sounds and noise
+    are left out: a model given this code has nothing left to learn about sound, only which shape a
+    category has."""
+    code = np.full((num_seconds, 96, 64), ORACLE_LOW, np.float32)
+    width = 64 // num_categories
+    for obj in objects:
+        c = obj["category_id"] - 1
+        if not 0 <= c < num_categories:
+            raise ValueError(f"category id {obj['category_id']} outside 1..{num_categories}")
+        for t, on in enumerate(obj["sounding"][:num_seconds]):
+            if on:
+                code[t, :, c * width:(c + 1) * width] = ORACLE_HIGH
+    return code
 
 
 def _make_sample(job: tuple[str, str, int]) -> tuple[dict, tuple | None]:
@@ -99,6 +127,8 @@ def _make_sample(job: tuple[str, str, int]) -> tuple[dict, tuple | None]:
     setting, split, index = job
     scene = generate_clip(_WORKER["synth"], setting, split, index)
     clip = scene.clip
+    if _WORKER.get("audio") == "oracle":
+        clip.logmel = oracle_logmel(clip.meta["objects"], clip.num_frames, _WORKER["synth"].num_categories)
     if setting == "s4" and split == "train":  # AVSBench S4 train: ground truth on frame 1 only
         clip.masks = clip.masks.copy()
         clip.masks[1:] = 0
@@ -112,10 +142,11 @@ def _make_sample(job: tuple[str, str, int]) -> tuple[dict, tuple | None]:
     return sample, oracle
 
 
-def make_samples(synth_cfg, maskige_cfg, setting: str, split: str, count: int, procs: int) -> tuple[list, list]:
+def make_samples(synth_cfg, maskige_cfg, setting: str, split: str, count: int, procs: int,
+                 audio: str = "real") -> tuple[list, list]:
     jobs = [(setting, split, i) for i in range(count)]
     ctx = mp.get_context("fork")
-    with ctx.Pool(procs, initializer=_init_worker, initargs=(synth_cfg, maskige_cfg)) as pool:
+    with ctx.Pool(procs, initializer=_init_worker, initargs=(synth_cfg, maskige_cfg, audio)) as pool:
         out = pool.map(_make_sample, jobs, chunksize=max(1, count // (procs * 8)))
     return [s for s, _ in out], [o for _, o in out if o is not None]
 
@@ -298,13 +329,15 @@ class Data:
             cfg = set_config(args, set_name)
             t0 = time.perf_counter()
             train, _ = make_samples(cfg.data.synth, cfg.preprocess.maskige, setting, "train",
-                                    args.train_clips.get(set_name, 2000), args.procs)
-            test, rows = make_samples(cfg.data.synth, cfg.preprocess.maskige, setting, "test", args.test_clips, args.procs)
+                                    args.train_clips.get(set_name, 2000), args.procs, args.audio)
+            test, rows = make_samples(cfg.data.synth, cfg.preprocess.maskige, setting, "test", args.test_clips,
+                                      args.procs, args.audio)
             oracles = OracleScores()
             for row in rows:
                 oracles.add(*row)
             self.sets[set_name] = (train, test, oracles.totals())
-            print(f"{set_name}: SynthAVS {cfg.data.synth.preset} {setting}, {args.size} px: {len(train)} train / "
+            print(f"{set_name}: SynthAVS {cfg.data.synth.preset} {setting}, {args.size} px, {args.audio} audio: "
+                  f"{len(train)} train / "
                   f"{len(test)} test clips generated in {time.perf_counter() - t0:.0f} s ({args.procs} processes)",
                   flush=True)
         return self.sets[set_name]
@@ -345,6 +378,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the recipe's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--audio", default="real", choices=("real", "oracle"),
+                   help="oracle: every clip's log-mel replaced by a clean code of the sounding categories "
+                        "(oracle_logmel), a diagnostic of what is left when sound is understood perfectly")
     p.add_argument("--json-out", default=None)
     p.add_argument("--quick", action="store_true", help="smoke run: 24 train / 8 test clips, 2 steps a run")
     args = p.parse_args()
@@ -381,7 +417,7 @@ def main() -> None:
     else:
         steps = args.steps
     summary: dict = {"device": name, "steps": steps, "batch": batch, "recipe": args.recipe, "size": args.size,
-                     "torch": torch.__version__}
+                     "audio": args.audio, "torch": torch.__version__}
     per_video: dict = {}
 
     def save() -> None:

@@ -74,3 +74,18 @@ def test_recipe_changes_name_what_a_found_run_was_trained_with(cpu_bench):
     assert cpu_bench.recipe_changes(found, found) == []
     assert cpu_bench.recipe_changes({"lr": 1.0}, {"lr": 1.0, "moca_threshold_split": "val"},
                                     ignore=("moca_threshold_split",)) == []
+
+
+def test_oracle_logmel_codes_the_sounding_categories_per_second(gpu_bench):
+    objects = [{"category_id": 2, "sounding": [True, False, True]},
+               {"category_id": 8, "sounding": [False, False, True]},
+               {"category_id": 5, "sounding": [False, False, False]}]  # a silent distractor: no band
+    code = gpu_bench.oracle_logmel(objects, 3, 8)
+    high, low = gpu_bench.ORACLE_HIGH, gpu_bench.ORACLE_LOW
+    assert code.shape == (3, 96, 64) and code.dtype == np.float32
+    on = [sorted({b // 8 for b in np.flatnonzero(code[t, 0] == high)}) for t in range(3)]
+    assert on == [[1], [], [1, 7]]  # category ids 2 and 8 are bands 1 and 7 of 8 bins each
+    assert (code[1] == low).all() and (code[:, :, 32:40] == low).all()
+    assert (code[2] == code[2, :1]).all()  # the same in every time frame of the second
+    with pytest.raises(ValueError, match="category id 9 outside 1..8"):
+        gpu_bench.oracle_logmel([{"category_id": 9, "sounding": [True]}], 1, 8)
