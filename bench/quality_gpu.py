@@ -34,7 +34,8 @@ A diagnostic input beyond it: ``--audio oracle`` gives every model, in place of 
 a clean code of which on-screen categories sound in each second (``oracle_logmel``). What a model
 still misses with it is the visual half of the task (which shape a category has, which object is
 the one), so the gap between ``--audio real`` and ``--audio oracle`` is what learning the sounds
-costs.
+costs. ``--init-unet PATH`` starts the reference U-Net from an image path trained on SynthAVS's dense
+category labels (``bench/shape_probe.py --save PATH``), as the papers start from pretrained backbones.
 
 Last line: ``{"device", "steps", "batch", "s4": {"combo": {"miou", "fscore", "train_s", "steps",
 "epochs"}, ..., "oracles": {...}, "combo_minus_no_audio": {...}, "combo_minus_tpavi": {...}},
@@ -193,10 +194,25 @@ def _loader(data: MemoryClips, sampler, batch: int, workers: int) -> torch.utils
                                        persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
+_INIT_UNET: dict = {}  # --init-unet: the state dict the reference U-Net starts from
+
+
+def init_from(model: torch.nn.Module, state: dict) -> list[str]:
+    """Copy every tensor of ``state`` whose name and shape ``model`` shares (not the output head of
+    another task, not the audio path of a model trained without one); returns the names copied."""
+    own = model.state_dict()
+    same = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(same, strict=False)
+    return sorted(same)
+
+
 def _build(cfg, device: torch.device, name: str) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
     if name == REFERENCE:
-        return ReferenceUNet().to(device)
+        model = ReferenceUNet()
+        if _INIT_UNET:
+            init_from(model, _INIT_UNET)
+        return model.to(device)
     return build_model(cfg.model.registry_name, **cfg.model.builder_options(num_classes=1)).to(device)
 
 
@@ -381,6 +397,8 @@ def main() -> None:
     p.add_argument("--audio", default="real", choices=("real", "oracle"),
                    help="oracle: every clip's log-mel replaced by a clean code of the sounding categories "
                         "(oracle_logmel), a diagnostic of what is left when sound is understood perfectly")
+    p.add_argument("--init-unet", default=None, help="state dict the reference U-Net starts from (its image path "
+                                                     "pretrained by bench/shape_probe.py --save)")
     p.add_argument("--json-out", default=None)
     p.add_argument("--quick", action="store_true", help="smoke run: 24 train / 8 test clips, 2 steps a run")
     args = p.parse_args()
@@ -391,6 +409,10 @@ def main() -> None:
         args.test_clips, args.probe_steps = 8, 1
         args.steps = args.steps or 2
     device = torch.device(args.device)
+    if args.init_unet:
+        _INIT_UNET.update(torch.load(args.init_unet, map_location="cpu", weights_only=True))
+        copied = init_from(ReferenceUNet(), _INIT_UNET)
+        print(f"reference_unet starts from {args.init_unet}: {len(copied)} of {len(_INIT_UNET)} tensors", flush=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))  # the main process computes on CPU runs
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -417,7 +439,7 @@ def main() -> None:
     else:
         steps = args.steps
     summary: dict = {"device": name, "steps": steps, "batch": batch, "recipe": args.recipe, "size": args.size,
-                     "audio": args.audio, "torch": torch.__version__}
+                     "audio": args.audio, "init_unet": args.init_unet, "torch": torch.__version__}
     per_video: dict = {}
 
     def save() -> None:

@@ -89,3 +89,17 @@ def test_oracle_logmel_codes_the_sounding_categories_per_second(gpu_bench):
     assert (code[2] == code[2, :1]).all()  # the same in every time frame of the second
     with pytest.raises(ValueError, match="category id 9 outside 1..8"):
         gpu_bench.oracle_logmel([{"category_id": 9, "sounding": [True]}], 1, 8)
+
+
+def test_init_from_copies_what_matches_and_leaves_the_rest(gpu_bench):
+    import torch
+
+    torch.manual_seed(0)
+    pretrained = gpu_bench.ReferenceUNet(use_audio=False)  # as bench/shape_probe.py trains it ...
+    pretrained.head = torch.nn.Conv2d(pretrained.head.in_channels, 9, 1)  # ... with K + 1 outputs
+    model = gpu_bench.ReferenceUNet()
+    head, film = model.head.weight.clone(), model.film[0].proj.weight.clone()
+    copied = gpu_bench.init_from(model, pretrained.state_dict())
+    assert "down.0.0.0.weight" in copied and not any(k.startswith("head.") for k in copied)
+    assert torch.equal(model.down[0][0][0].weight, pretrained.down[0][0][0].weight)
+    assert torch.equal(model.head.weight, head) and torch.equal(model.film[0].proj.weight, film)
