@@ -353,8 +353,8 @@ class Data:
                 oracles.add(*row)
             self.sets[set_name] = (train, test, oracles.totals())
             print(f"{set_name}: SynthAVS {cfg.data.synth.preset} {setting}, {args.size} px, {args.audio} audio: "
-                  f"{len(train)} train / "
-                  f"{len(test)} test clips generated in {time.perf_counter() - t0:.0f} s ({args.procs} processes)",
+                  f"{len(train)} train / {len(test)} test clips generated in {time.perf_counter() - t0:.0f} s "
+                  f"({args.procs} processes)",
                   flush=True)
         return self.sets[set_name]
 
