@@ -33,11 +33,18 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# Re-resolve the pins after changing pyproject.toml's dependencies (see README).
+# Re-resolve the pins after changing pyproject.toml's dependencies (see README). Every package
+# keeps its pinned version except those named in UPGRADE (distribution names, space-separated;
+# UPGRADE=all re-resolves everything): a plain re-resolve takes the newest release of every
+# package, which once swapped s3fs 2026.9.0 for 0.4.2 to fit the newest boto3.
+UPGRADE ?=
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
 	.lockenv/bin/pip install --quiet --upgrade pip
-	.lockenv/bin/pip install --quiet -e '.[test]'
+	$(PYTHON) -c 'import re, sys; up = {re.sub(r"[-_.]+", "-", n).lower() for n in sys.argv[1:]}; \
+	  keep = [l for l in open("requirements.lock") if "all" not in up and re.sub(r"[-_.]+", "-", l.split("==")[0]).lower() not in up]; \
+	  open(".lockenv/constraints.txt", "w").writelines(keep)' $(UPGRADE)
+	.lockenv/bin/pip install --quiet -c .lockenv/constraints.txt -e '.[test]'
 	.lockenv/bin/pip freeze --exclude-editable | grep -v '^avs-at-scale' > requirements.lock
 	rm -rf .lockenv
 
