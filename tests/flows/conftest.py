@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from log_lines import LogLines
-from prefect_env import user_env
+from prefect_env import service_errors, user_env
 
 
 @pytest.fixture()
@@ -41,14 +41,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# The server's scheduler loops every 2 s instead of 60 (Prefect's own settings): a schedule turned on
+# gets its runs within seconds, and a failing scheduler shows in the log of every test's server.
+SCHEDULER_LOOPS = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+                   "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2"}
+
+
 @pytest.fixture()
 def prefect_server(prefect_home, tmp_path):
-    """A real local Prefect server (its database in prefect_home); yields (api_url, log path)."""
+    """A real local Prefect server (its database in prefect_home); yields (api_url, log path).
+    The test fails if the server's log shows an error of the server or its loop services."""
     port = _free_port()
     log = tmp_path / "server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                                 str(port)], cwd=tmp_path, env=user_env(prefect_home), stdout=out,
+                                 str(port)], cwd=tmp_path, env=user_env(prefect_home, **SCHEDULER_LOOPS), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
@@ -62,6 +69,7 @@ def prefect_server(prefect_home, tmp_path):
             assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
         yield url, log
+        errors = service_errors(log.read_text())  # read before the server stops: shutting down is not a test
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -69,6 +77,9 @@ def prefect_server(prefect_home, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    if errors:
+        pytest.fail(f"the Prefect server's log ({log}) shows {len(errors)} error(s) of its services; the first:\n"
+                    f"{errors[0]}", pytrace=False)
 
 
 @pytest.fixture()

@@ -3,6 +3,7 @@ temporary folder), a subprocess runner, and readers of Prefect's database."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -48,3 +49,16 @@ def rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
 def flow_runs(db: Path) -> list[tuple[str, str]]:
     """(flow name, state type) of every flow run, by flow name."""
     return rows(db, "SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON r.flow_id = f.id ORDER BY f.name")
+
+
+# What a Prefect server's log shows when one of its loop services fails: Prefect's own "Unexpected
+# error in <service>", or (3.8.8, services run by docket) an ERROR record with a traceback, as the
+# scheduler logged on every loop under SQLAlchemy 2.1.
+_SERVICE_ERROR = re.compile(r"Unexpected error in|Traceback \(most recent call last\)|\|\s*ERROR\s*\|")
+
+
+def service_errors(server_log: str) -> list[str]:
+    """The lines of a Prefect server's log that report an error of the server or its services,
+    each with the two lines after it (the start of the traceback)."""
+    lines = server_log.splitlines()
+    return ["\n".join(lines[i:i + 3]) for i, line in enumerate(lines) if _SERVICE_ERROR.search(line)]
