@@ -9,9 +9,10 @@ is refused at both doors, never only inside the flow body:
 - a direct call (``python -m flows.x ...``, ``preprocess([...])`` in Python, a subflow):
   :class:`AvsFlow` checks the overrides in ``__call__``, before the flow run is created;
 - a deployment run (``prefect deployment run ... --param``, the UI, ``run_deployment``): the
-  flow's parameter schema gives every override the pattern
+  flow's parameter schema refuses every override that does not match
   :data:`infra.config.NO_CREDENTIALS_PATTERN`, which the Prefect server enforces (deployments
-  enforce their parameter schema by default) before it stores the run.
+  enforce their parameter schema by default) before it stores the run, saying why in words
+  (:data:`REFUSED_OVERRIDE`) without the value.
 
 The flow body composes the config with :func:`infra.config.compose`, which refuses them once
 more. Credentials reach a flow through the environment, a Prefect Secret block named by
@@ -55,10 +56,20 @@ def _drop_prefect_exit_hooks() -> None:
 
 os.register_at_fork(after_in_child=_drop_prefect_exit_hooks)
 
-# One Hydra override string. The pattern is for the Prefect server (and UI) only: Python-side
+# What the Prefect server answers to a deployment run with a credential override: "Validation
+# failed for field 'overrides[0]'. Failure reason: '<this>' was expected". The JSON schema says "if
+# the override does not match NO_CREDENTIALS_PATTERN, it must equal this text" because, of the
+# validators the server's jsonschema knows, only `const` words its refusal without quoting the
+# value (a `pattern` refusal prints the value and the raw regular expression).
+REFUSED_OVERRIDE = (
+    "an override without credentials, since Prefect stores a run's parameters in clear: pass S3 credentials "
+    "through the worker's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), a Prefect Secret block named "
+    "by the override storage.secret_block=<block name>, or the work pool's job variables (README, Storage)"
+)
+# One Hydra override string. The schema is for the Prefect server (and UI) only: Python-side
 # validation runs after the run is recorded, and Prefect would log the refused value.
 Override = Annotated[str, Field(
-    json_schema_extra={"pattern": NO_CREDENTIALS_PATTERN},
+    json_schema_extra={"if": {"not": {"pattern": NO_CREDENTIALS_PATTERN}}, "then": {"const": REFUSED_OVERRIDE}},
     description="A Hydra override, e.g. data.uri=s3://bucket/videos. Never a credential: see storage.secret_block.",
 )]
 Overrides = list[Override] | None
