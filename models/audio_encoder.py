@@ -61,8 +61,25 @@ class VGGishEncoder(nn.Module):
         )  # fmt: skip
         self.out_dim = out_dim
         self.frozen = False
+        self.reset_parameters()
         if freeze:
             self.freeze()
+
+    def reset_parameters(self) -> None:
+        """He initialisation (normal, fan-in, ReLU gain) of every conv and linear layer, zero biases.
+
+        PyTorch's default (uniform, gain 1/sqrt(3) per layer, biases of the same size) shrinks the
+        input's part of the activations by about half at every one of VGGish's ten layers while the
+        biases keep their size: at initialisation the tiny encoder gave every log-mel nearly the
+        same embedding (distances between the embeddings of different sounds about 1% of their norm),
+        and trained from scratch its sound barely reached the model (a defect found by
+        ``tests/models/test_encoders.py``'s embedding-spread test). Released VGGish weights replace
+        all of this; it matters when the encoder is trained from scratch or pretrained here.
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def freeze(self) -> None:
         """Stop training this encoder: no grads, and eval mode kept through ``train()``."""
