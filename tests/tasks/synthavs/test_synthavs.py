@@ -413,3 +413,19 @@ def test_synth_root_follows_the_generator_version(monkeypatch):
     before = generate.synth_root(cfg)
     monkeypatch.setattr(generate, "SYNTH_VERSION", generate.SYNTH_VERSION + 1)
     assert generate.synth_root(cfg) != before  # old folders (other log-mel framing) are not reused
+
+
+def test_the_log_mel_example_of_each_frame_hears_that_seconds_sources():
+    """Frame t is paired with log-mel example t (VGGish framing: 0.96 s from 0.96 t s, so 96 - 4t %
+    of it lies in second t and the rest in second t - 1): in every clip, each example of a second in
+    which nothing sounds is quieter than every example of a second in which something does."""
+    cfg = tiny(background_noise=False, offscreen_sound_prob=0.0, silent_clip_prob=0.0)
+    checked = 0
+    for index in range(8):
+        scene = generate_clip(cfg, "ms3", "train", index)  # sources switch on and off second by second
+        energy = np.exp(scene.clip.logmel.astype(np.float64)).mean(axis=(1, 2))  # per example
+        sounding = np.array([any(o.sounding[t] for o in scene.spec.objects) for t in range(5)])
+        if sounding.any() and not sounding.all():
+            assert energy[~sounding].max() < energy[sounding].min() / 2, (index, sounding, energy)
+            checked += 1
+    assert checked >= 2, "too few clips with silent seconds: the check would see nothing"
