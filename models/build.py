@@ -31,6 +31,7 @@ from models.encoders import EncoderSize, build_encoders, build_visual_backbone
 from models.losses import ComboLoss
 from models.moca import MoCA, SaliencyBaseline, SimilarityBaseline
 from models.pixel_decoder import FPNPixelDecoder
+from models.pretrain import EncoderPretraining
 from models.siam_encoder import SiamEncoder
 from models.tpavi import TPAVIModel
 from models.transformer_decoder import MaskedAttentionDecoder
@@ -219,6 +220,18 @@ model_registry: dict[str, Callable[..., nn.Module]] = {
     "moca_baseline_saliency_tiny": build_moca_baseline_saliency_tiny,
     "moca_baseline_saliency_r50": build_moca_baseline_saliency_r50,
 }
+
+
+def build_encoder_pretraining_tiny(num_categories: int = 8, head_dim: int = 64) -> EncoderPretraining:
+    """The tiny encoders (``TINY_ENCODERS``: the TinyCNN and the tiny VGGish every tiny model builds)
+    with the heads that pretrain them (``models.pretrain``), for ``flows/pretrain.py``."""
+    backbone, audio_encoder = build_encoders(TINY_ENCODERS, True, freeze_audio=False)
+    return EncoderPretraining(backbone, audio_encoder, num_categories, head_dim)
+
+
+# What flows/pretrain.py trains: the encoders of a size, to be loaded as model.backbone_weights /
+# model.vggish_weights by every model of that size (not segmentation models: not in model_registry).
+pretrain_registry: dict[str, Callable[..., nn.Module]] = {"encoders_tiny": build_encoder_pretraining_tiny}
 
 
 def build_model(name: str, **options: Any) -> nn.Module:

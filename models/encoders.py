@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from models.audio_encoder import VGGishEncoder, load_vggish_weights
-from models.backbones import Backbone, build_backbone
+from models.backbones import Backbone, build_backbone, load_state_dict_checked, read_state_dict
 
 PathLike = str | os.PathLike
 
@@ -33,13 +33,16 @@ class EncoderSize:
 
 
 def build_visual_backbone(size: EncoderSize, weights: PathLike | None = None) -> Backbone:
-    """The backbone of ``size``, with ``weights`` (a local path; resolve s3:// first) if given."""
+    """The backbone of ``size``, with ``weights`` (a local path; resolve s3:// first) if given: a
+    timm checkpoint for the timm backbones, a ``TinyCNN`` state dict (``flows/pretrain.py`` makes
+    one) for the tiny one."""
     kwargs = dict(size.backbone_kwargs)
-    if weights is not None:
-        if size.backbone == "tiny":
-            raise ValueError("backbone_weights are not supported for the tiny backbone")
+    if weights is not None and size.backbone != "tiny":
         kwargs["pretrained_path"] = weights
-    return build_backbone(size.backbone, **kwargs)
+    backbone = build_backbone(size.backbone, **kwargs)
+    if weights is not None and size.backbone == "tiny":
+        load_state_dict_checked(backbone, read_state_dict(weights, "tiny backbone"), f"tiny backbone ({weights})")
+    return backbone
 
 
 def build_encoders(
@@ -51,7 +54,9 @@ def build_encoders(
 ) -> tuple[Backbone, VGGishEncoder | None]:
     """Visual backbone and (if ``use_audio``) VGGish encoder (``B x T x 96 x 64 -> B x T x 128``).
 
-    Weight files are local paths; ``freeze_audio=None`` takes the size's default.
+    Weight files are local paths. ``freeze_audio=None``: frozen when ``vggish_weights`` are given
+    (a pretrained VGGish stays fixed, as AVSBench and COMBO keep theirs), else the size's default
+    (tiny: trained from scratch).
     """
     backbone = build_visual_backbone(size, backbone_weights)
     if not use_audio:
@@ -61,6 +66,8 @@ def build_encoders(
     audio = VGGishEncoder(widths=size.vggish_widths, fc_dims=size.vggish_fc_dims, out_dim=128)
     if vggish_weights is not None:
         load_vggish_weights(audio, vggish_weights)
-    if size.freeze_audio if freeze_audio is None else freeze_audio:
+    if freeze_audio is None:
+        freeze_audio = size.freeze_audio or vggish_weights is not None
+    if freeze_audio:
         audio.freeze()
     return backbone, audio

@@ -45,7 +45,9 @@ class ModelConfig:
     use_maskige: bool | None = None
     fusion: str | None = None  # bilateral | audio_to_visual
     use_audio: bool | None = None
-    freeze_audio: bool | None = None  # null = the size's default (tiny trains VGGish, r50/pvt_b5 freeze it)
+    # null = frozen when vggish_weights are given (as the papers keep a pretrained VGGish), else the size's
+    # default (tiny trains VGGish from scratch, r50/pvt_b5 freeze it)
+    freeze_audio: bool | None = None
     # Weights: local path or s3:// URI (fetched by each worker); null = random initialisation.
     backbone_weights: str | None = None
     vggish_weights: str | None = None

@@ -62,6 +62,9 @@ def test_tiny_loads_vggish_weights_from_a_path(tmp_path):
     for (name, p), q in zip(model.audio_encoder.named_parameters(), source.parameters()):
         assert torch.equal(p, q), name
         assert not p.requires_grad
+    # given pretrained weights, a tiny VGGish is kept fixed by default, as the papers keep theirs
+    assert build_model("tpavi_tiny", vggish_weights=str(path)).audio_encoder.frozen
+    assert not build_model("tpavi_tiny", vggish_weights=str(path), freeze_audio=False).audio_encoder.frozen
 
 
 @pytest.mark.slow
