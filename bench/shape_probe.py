@@ -18,8 +18,14 @@ background's IoU, and the share of object pixels given their own category. A mod
 reach a high category mIoU here cannot pick the sounding object in ``hard`` either, whatever it
 hears.
 
+Then the composed oracle (``--compose-clips``, 128 S4 test clips): no training at all, the probe's
+category of each pixel kept where perfect hearing says that category sounds in that second, scored
+by the AVSBench metric. It is what a learner with those two inputs (the probe's sight, perfect
+hearing) can reach; a trained model far below it is missing something its inputs hold.
+
 Last line: ``{"preset", "size", "train_clips", "test_clips", "steps", "batch", "train_s",
-"miou_categories", "iou_background", "object_pixel_accuracy", "per_category_iou": {name: iou}}``.
+"miou_categories", "iou_background", "object_pixel_accuracy", "per_category_iou": {name: iou},
+"composed_oracle": {"argmax": {"miou", "fscore"}, "posterior": {"miou", "fscore"}}}``.
 """
 from __future__ import annotations
 
@@ -45,20 +51,12 @@ sys.path.append(str(REPO / "bench"))
 from reference_unet import ReferenceUNet  # noqa: E402  (bench/)
 
 from infra.config import compose  # noqa: E402
+from tasks.pretrain.run import category_scores as scores  # noqa: E402  (the tests read it here)
 from tasks.synthavs.categories import categories  # noqa: E402
+from tasks.synthavs.generate import category_maps as category_map  # noqa: E402,F401  (the tests read it here)
 from tasks.synthavs.generate import generate_clip  # noqa: E402
 
 _SYNTH: dict = {}
-
-
-def category_map(id_maps: np.ndarray, objects: list[dict]) -> np.ndarray:
-    """uint8 [T, H, W]: the category id (1..K) of the object on each pixel, 0 elsewhere (background
-    and occluders). ``id_maps``: SynthAVS instance maps (0 background, k + 1 object k, -1 occluder);
-    ``objects``: the clip's ``meta["objects"]``."""
-    lut = np.zeros(max([o["id"] for o in objects], default=0) + 2, np.uint8)  # index -1: occluder -> 0
-    for o in objects:
-        lut[o["id"]] = o["category_id"]
-    return lut[np.asarray(id_maps)]
 
 
 def _init(synth_cfg) -> None:
@@ -69,7 +67,7 @@ def _init(synth_cfg) -> None:
 def _clip(job: tuple[str, int]) -> tuple[np.ndarray, np.ndarray]:
     split, index = job
     scene = generate_clip(_SYNTH["cfg"], "s4", split, index)
-    return scene.clip.frames, category_map(scene.id_maps, scene.clip.meta["objects"])
+    return scene.clip.frames, scene.category_maps
 
 
 def make_clips(synth_cfg, split: str, count: int, procs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,18 +103,31 @@ def confusion(model: ReferenceUNet, frames: torch.Tensor, cats: torch.Tensor, nu
     return conf
 
 
-def scores(conf: torch.Tensor) -> dict:
-    """Per-class IoU from a confusion matrix (class 0 = background), their mean over the categories
-    present in truth or prediction, and the share of object pixels given their own category."""
-    conf = conf.double()
-    inter = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
-    cats = iou[1:]
-    seen = ~torch.isnan(cats)
-    obj = conf[1:].sum()
-    return {"iou": iou.tolist(), "miou_categories": float(cats[seen].mean()) if seen.any() else 0.0,
-            "iou_background": float(iou[0]), "object_pixel_accuracy": float(inter[1:].sum() / obj) if obj > 0 else 0.0}
+@torch.no_grad()
+def composed_oracle(model: ReferenceUNet, synth_cfg, num_clips: int, num_categories: int) -> dict:
+    """What the two halves of S4 allow with no training at all: the probe's category of each pixel,
+    kept where perfect hearing says that category sounds in that second, scored by the AVSBench
+    metric on ``num_clips`` S4 test clips (every frame annotated). Two readings of the probe:
+    ``argmax`` (the pixel's most likely category is a sounding one) and ``posterior`` (the probe's
+    probability that the pixel's category sounds, thresholded at 0.5 as the protocol thresholds a
+    model's probability)."""
+    from models.metrics import BinaryAVSMetric
+
+    metrics = {"argmax": BinaryAVSMetric(), "posterior": BinaryAVSMetric()}
+    model.eval()
+    for i in range(num_clips):
+        scene = generate_clip(synth_cfg, "s4", "test", i)
+        logits = model(_frames(torch.from_numpy(scene.clip.frames)[None]))["masks"]  # T x (K+1) x H x W
+        t = logits.shape[0]
+        sounds = torch.zeros(t, num_categories + 1)
+        for o in scene.clip.meta["objects"]:
+            sounds[torch.tensor(o["sounding"][:t]), o["category_id"]] = 1.0
+        gt = torch.from_numpy(scene.clip.masks).long()
+        picked = sounds.gather(1, logits.argmax(1).flatten(1)).reshape(gt.shape)
+        metrics["argmax"].update(picked * 20 - 10, gt)  # logits far from the threshold either way
+        p = (logits.softmax(1) * sounds[:, :, None, None]).sum(1).clamp(1e-6, 1 - 1e-6)
+        metrics["posterior"].update(torch.logit(p), gt)
+    return {name: {k: float(v) for k, v in m.compute().items() if k in ("miou", "fscore")} for name, m in metrics.items()}
 
 
 def main() -> None:
@@ -131,12 +142,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--procs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compose-clips", type=int, default=128, help="S4 test clips of the composed oracle (0: none)")
     p.add_argument("--save", default=None, help="write the trained U-Net's state dict here (for bench/quality_gpu.py "
                                                 "--init-unet: a SynthAVS-pretrained image path)")
     p.add_argument("--quick", action="store_true", help="24 train / 8 test clips, 3 steps")
     args = p.parse_args()
     if args.quick:
-        args.train_clips, args.test_clips, args.steps = 24, 8, 3
+        args.train_clips, args.test_clips, args.steps, args.compose_clips = 24, 8, 3, 4
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     cfg = compose([f"data=synth_{args.preset}", "data.setting=s4", f"data.synth.frame_height={args.size}",
                    f"data.synth.frame_width={args.size}", f"data.synth.seed={args.seed}",
@@ -181,13 +193,18 @@ def main() -> None:
           f"{result['iou_background']:.4f}, object pixels with their own category {result['object_pixel_accuracy']:.4f}")
     for name, v in per_category.items():
         print(f"  {name:12s} {v:.4f}")
+    composed = composed_oracle(model, synth, args.compose_clips, k) if args.compose_clips else None
+    if composed:
+        print(f"composed oracle on {args.compose_clips} S4 test clips (the probe's categories kept where perfect hearing "
+              f"says they sound, no training): mIoU {composed['argmax']['miou']:.4f} (argmax), "
+              f"{composed['posterior']['miou']:.4f} (probability of a sounding category > 0.5)")
     print(json.dumps({"preset": args.preset, "synth_override": args.synth_override, "size": args.size,
                       "train_clips": len(train_x), "test_clips": len(test_x), "steps": args.steps,
                       "batch": args.batch, "train_s": round(train_s, 1),
                       "miou_categories": round(result["miou_categories"], 4),
                       "iou_background": round(result["iou_background"], 4),
                       "object_pixel_accuracy": round(result["object_pixel_accuracy"], 4),
-                      "per_category_iou": per_category}))
+                      "per_category_iou": per_category, "composed_oracle": composed}))
 
 
 if __name__ == "__main__":

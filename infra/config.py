@@ -31,6 +31,7 @@ from infra.schema.data import DataConfig
 from infra.schema.evaluate import EvaluateConfig
 from infra.schema.model import ModelConfig
 from infra.schema.preprocess import PreprocessConfig
+from infra.schema.pretrain import PretrainConfig
 from infra.schema.segment import SegmentConfig
 from infra.schema.storage import CREDENTIAL_FIELDS, StorageConfig
 from infra.schema.train import TrainConfig
@@ -50,6 +51,7 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     output: str = "outputs"  # everything a run writes (reports, checkpoints), local or s3://
     seed: int = 0
 

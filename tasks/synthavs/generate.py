@@ -56,9 +56,35 @@ class SynthScene:
         n = len(self.spec.objects)
         return self.id_maps[None] == (np.arange(1, n + 1, dtype=np.int16)[:, None, None, None])
 
+    @property
+    def category_maps(self) -> np.ndarray:
+        """uint8 [T, H, W]: the category id (1..K) of the object on each pixel, 0 elsewhere."""
+        return category_maps(self.id_maps, self.clip.meta["objects"])
+
+    @property
+    def audible(self) -> np.ndarray:
+        """bool [T, K]: category id c (column c - 1) can be heard in second t, from an object on screen
+        or from off screen (noise belongs to no category)."""
+        heard = np.zeros((self.spec.num_seconds, len(self.spec.category_table)), dtype=bool)
+        for obj in self.spec.objects:
+            heard[obj.sounding, obj.category.id - 1] = True
+        if self.spec.offscreen is not None:
+            heard[self.spec.offscreen.levels > 0, self.spec.offscreen.category.id - 1] = True
+        return heard
+
     def render_at(self, time_s: float) -> np.ndarray:
         """uint8 [H, W, 3]: the scene at time_s (the video's frame i is render_at(i / fps))."""
         return render.render_frame(self.spec, time_s, self.background, self.occluder)[0]
+
+
+def category_maps(id_maps: np.ndarray, objects: list[dict]) -> np.ndarray:
+    """uint8 [T, H, W]: the category id (1..K) of the object on each pixel, 0 elsewhere (background
+    and occluders). ``id_maps``: instance maps (0 background, k + 1 object k, -1 occluder);
+    ``objects``: the clip's ``meta["objects"]``."""
+    lut = np.zeros(max([o["id"] for o in objects], default=0) + 2, np.uint8)  # index -1: occluder -> 0
+    for o in objects:
+        lut[o["id"]] = o["category_id"]
+    return lut[np.asarray(id_maps)]
 
 
 def _visible_enough(spec: SceneSpec, id_maps: np.ndarray, min_fraction: float) -> bool:

@@ -356,6 +356,9 @@ def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
         parts[-1] += f" ({', '.join(details)})"
     if "val_miou" in metrics:
         parts.append(f"val mIoU {metrics['val_miou']:.4f} F {metrics.get('val_fscore', float('nan')):.4f}")
+    if "val_category_miou" in metrics:  # encoder pretraining (tasks/pretrain/run.py)
+        parts.append(f"held out: category mIoU {metrics['val_category_miou']:.4f}, audio mAP "
+                     f"{metrics.get('val_audio_map', float('nan')):.4f}")
     if "test_miou" in metrics:
         parts.append(f"test mIoU {metrics['test_miou']:.4f} F {metrics.get('test_fscore', float('nan')):.4f}")
     parts.append(f"{metrics.get('samples_per_s', 0.0):.1f} samples/s")

@@ -1,0 +1,1 @@
+"""Step *pretrain*: the tiny encoders pretrained on a SynthAVS set of their own (flows/pretrain.py)."""
