@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 MASK_SOURCES = ("sam", "sam_tiny", "classical")
 CLASSICAL_METHODS = ("felzenszwalb", "slic", "chroma")
-EMBED_SOURCES = ("dino", "dino_tiny", "classical")
+EMBED_SOURCES = ("dino", "dino_tiny", "tiny_backbone", "classical")
 
 
 def _check(ok: bool, key: str, value: object, want: str) -> None:
@@ -120,11 +120,13 @@ class MaskigeConfig:
 
 @dataclass
 class EmbedConfig:
-    """Per-frame embedding used for pair mining: DINO ViT, a tiny random ViT, or classical features."""
+    """Per-frame embedding used for pair mining: DINO ViT, a tiny random ViT, the tiny models'
+    pretrained TinyCNN (``flows/pretrain.py``'s ``backbone.pt``), or classical features."""
 
-    source: str = "classical"  # dino | dino_tiny | classical
-    # DINO state dict, local path or s3:// URI. Source "dino" without one falls back to
-    # classical features, loudly, as Maskige does without a SAM checkpoint.
+    source: str = "classical"  # dino | dino_tiny | tiny_backbone | classical
+    # DINO state dict (or, for tiny_backbone, the TinyCNN's), local path or s3:// URI. Source "dino"
+    # without one falls back to classical features, loudly, as Maskige does without a SAM checkpoint;
+    # tiny_backbone without one is an error.
     checkpoint: str | None = None
     arch: str = "vit_small_patch16_224"  # timm model name with DINO's architecture
     image_size: int = 224
@@ -139,6 +141,11 @@ class EmbedConfig:
         _check(self.image_size >= 16 and self.image_size % 16 == 0, "embed.image_size", self.image_size,
                "a multiple of 16, >= 16")
         _check(self.batch_size >= 1, "embed.batch_size", self.batch_size, ">= 1")
+        if self.source == "tiny_backbone":
+            _check(self.checkpoint is not None, "embed.checkpoint", self.checkpoint,
+                   "the TinyCNN weights (backbone.pt of flows/pretrain.py) for embed.source=tiny_backbone")
+            _check(self.image_size % 32 == 0, "embed.image_size", self.image_size,
+                   "a multiple of 32 for embed.source=tiny_backbone")
 
 
 @dataclass

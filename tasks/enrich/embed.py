@@ -5,6 +5,8 @@
   dicts of the ViT; full training checkpoints wrap them as {"teacher": ..., "student": ...}
   with "module." / "backbone." prefixes and a projection head, all of which we unwrap.
 - "dino_tiny": the same code with a tiny ViT and random weights (tests, benchmarks).
+- "tiny_backbone": the tiny models' TinyCNN with the weights ``flows/pretrain.py`` releases (its
+  ``backbone.pt``): the mean of its stride-32 map over the frame, MoCA's frozen encoder's own view.
 - "classical": colour and shape features, no learned weights (see :func:`classical_embedding`).
 
 Every embedding is float32 [N, D], L2-normalised, so a dot product is a cosine.
@@ -237,6 +239,24 @@ def classical_embedding(frames: np.ndarray) -> np.ndarray:
 
 # -- the embedder ----------------------------------------------------------------------
 
+class _PooledBackbone(torch.nn.Module):
+    """A backbone's last map averaged over the frame: ``N x 3 x H x W -> N x C``."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = backbone.channels[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)[-1].mean(dim=(2, 3))
+
+
+def _local_storage():
+    from infra.storage import Storage
+
+    return Storage()
+
+
 def source_warning(cfg: EmbedConfig) -> str | None:
     """The loud line a run gets when its embeddings do not come from DINO, else None."""
     if cfg.source == "dino" and cfg.checkpoint is None:
@@ -260,6 +280,18 @@ class FrameEmbedder:
             log.warning(warning)
         if self.source == "dino" and self.cfg.checkpoint is None:
             self.source = "classical"
+        if self.source == "tiny_backbone":
+            from models.build import TINY_ENCODERS
+            from models.encoders import build_visual_backbone
+            from tasks.enrich.sam import default_device
+
+            self.device = torch.device(device) if device is not None else default_device()
+            with (storage or _local_storage()).local_path(self.cfg.checkpoint, suffix=".pt") as path:
+                self.checkpoint_sha256 = (storage or _local_storage()).sha256(path)
+                backbone = build_visual_backbone(TINY_ENCODERS, path)
+            self.model = _PooledBackbone(backbone).to(self.device).eval()
+            self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+            self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         if self.source in ("dino", "dino_tiny"):
             from tasks.enrich.sam import default_device
 
@@ -284,6 +316,9 @@ class FrameEmbedder:
         prov: dict[str, Any] = {"embed_source": self.source, "requested_source": self.cfg.source, "dim": self.dim}
         if self.source == "classical":
             prov.update(arch=CLASSICAL_VERSION, checkpoint=None, checkpoint_sha256=None)
+        elif self.source == "tiny_backbone":
+            prov.update(arch="TinyCNN", image_size=self.cfg.image_size, checkpoint=self.cfg.checkpoint,
+                        checkpoint_sha256=self.checkpoint_sha256, pooling="mean of the stride-32 map")
         else:
             prov.update(arch=self.cfg.arch if self.source == "dino" else f"{self.cfg.arch}+tiny{TINY_VIT}",
                         image_size=self.cfg.image_size, checkpoint=self.cfg.checkpoint if self.source == "dino" else None,

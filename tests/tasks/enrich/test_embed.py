@@ -171,3 +171,29 @@ def test_config_errors_name_the_key():
         EmbedConfig(image_size=30)
     with pytest.raises(ValueError, match="embed.arch"):
         FrameEmbedder(EmbedConfig(source="dino_tiny", arch="not_a_model"), device="cpu")
+
+
+def test_tiny_backbone_embeds_frames_with_the_pretrained_tinycnn(tmp_path):
+    """embed.source=tiny_backbone: the weights flows/pretrain.py releases (backbone.pt), the mean of
+    the stride-32 map, unit rows; the provenance names the file and its sha256."""
+    from models.backbones import IMAGENET_MEAN, IMAGENET_STD, TinyCNN
+
+    torch.manual_seed(3)
+    net = TinyCNN(channels=(16, 32, 64, 128)).eval()
+    torch.save(net.state_dict(), tmp_path / "backbone.pt")
+    frames = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    embedder = FrameEmbedder(EmbedConfig(source="tiny_backbone", checkpoint=str(tmp_path / "backbone.pt"),
+                                         image_size=64), device="cpu")
+    out = embedder(frames)
+    assert out.shape == (3, 128) and embedder.dim == 128
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(net(x)[-1].mean(dim=(2, 3)), dim=1).numpy()
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    prov = embedder.provenance()
+    assert prov["embed_source"] == "tiny_backbone" and prov["checkpoint"].endswith("backbone.pt")
+    assert len(prov["checkpoint_sha256"]) == 64
+    with pytest.raises(ValueError, match="embed.checkpoint"):
+        EmbedConfig(source="tiny_backbone")
