@@ -9,8 +9,10 @@ other), then reads the split once and writes, under ``out_dir`` (local or s3://)
 ``per_video.csv``    clip_id, frames, miou, fscore of every scored video, worst first (miou
                      ascending, then fscore, then clip_id)
 ``curves.png``       the checkpoint's training history: losses per epoch, val mIoU / F per epoch
-``overlays.png``     the ``num_overlays`` best and worst videos: one annotated frame each, with
-                     its ground truth and the prediction overlaid, the clip id and its scores
+``overlays.png``     the ``num_overlays`` best and worst videos with a sounding object, and in a
+                     row of its own the worst video where nothing sounds: one annotated frame
+                     each, with its ground truth and the prediction overlaid, the clip id and
+                     its scores
 ``metrics.json``     protocol values (``miou``, ``fscore``), the named variants, counts, the
                      checkpoint, the data set and its version, the split, the model; written last,
                      so a folder holding it holds a complete report
@@ -216,32 +218,48 @@ class VideoView:
 
 
 class Extremes:
-    """The k best and k worst videos seen so far (memory stays bounded on any split size)."""
+    """The k best and k worst videos with a sounding object seen so far, and the ``silent`` worst
+    of those whose ground truth is empty on every annotated frame (memory stays bounded on any split
+    size). Empty-ground-truth videos are kept apart: one scores 1.0 by marking nothing, so among the
+    best they would hide what the model does where something sounds."""
 
-    def __init__(self, k: int):
+    def __init__(self, k: int, silent: int = 1):
         self.k = k
+        self.silent_k = silent if k else 0
         self.best: list[VideoView] = []
         self.worst: list[VideoView] = []
+        self.silent: list[VideoView] = []
 
     @staticmethod
     def _rank(v: VideoView) -> tuple[float, float, str]:
         return (v.miou, v.fscore, v.clip_id)
 
-    def wants(self, miou: float, fscore: float, clip_id: str) -> bool:
+    def wants(self, miou: float, fscore: float, clip_id: str, sounding: bool = True) -> bool:
+        key = (miou, fscore, clip_id)
+        if not sounding:
+            return self.silent_k > 0 and (len(self.silent) < self.silent_k or key < self._rank(self.silent[-1]))
         if self.k == 0:
             return False
-        key = (miou, fscore, clip_id)
         return (len(self.best) < self.k or key > self._rank(self.best[-1])
                 or len(self.worst) < self.k or key < self._rank(self.worst[-1]))
 
-    def add(self, view: VideoView) -> None:
+    def add(self, view: VideoView, sounding: bool = True) -> None:
+        if not sounding:
+            self.silent = sorted(self.silent + [view], key=self._rank)[: self.silent_k]
+            return
         self.best = sorted(self.best + [view], key=self._rank, reverse=True)[: self.k]
         self.worst = sorted(self.worst + [view], key=self._rank)[: self.k]
 
-    def chosen(self) -> tuple[list[VideoView], list[VideoView]]:
-        """(best, worst), best first and worst first; a video is shown once."""
+    def chosen(self) -> tuple[list[VideoView], list[VideoView], list[VideoView]]:
+        """(best, worst, silent): best first, worst first, silent worst first; a video is shown once."""
         best_ids = {v.clip_id for v in self.best}
-        return self.best, [v for v in self.worst if v.clip_id not in best_ids]
+        return self.best, [v for v in self.worst if v.clip_id not in best_ids], self.silent
+
+
+def has_sounding_object(batch: dict[str, Any], i: int) -> bool:
+    """Clip i's ground truth marks some pixel (not background, not ignored) on an annotated frame."""
+    masks = batch["masks"][i][batch["gt_frames"][i]]
+    return bool(((masks != 0) & (masks != IGNORE_ID)).any())
 
 
 def _label_map(pred: torch.Tensor, semantic: bool) -> torch.Tensor:
@@ -383,10 +401,13 @@ def _ids(labels: np.ndarray) -> str:
     return ", ".join(map(str, ids[:8])) + (" ..." if len(ids) > 8 else "") if ids else "none"
 
 
-def overlays_png(best: list[VideoView], worst: list[VideoView], semantic: bool, title: str = "") -> bytes:
-    """A grid, one row per video (best first, then worst first): frame, ground truth overlaid,
-    prediction overlaid; the clip id and its scores on the left."""
-    rows = [("best", i + 1, v) for i, v in enumerate(best)] + [("worst", i + 1, v) for i, v in enumerate(worst)]
+def overlays_png(best: list[VideoView], worst: list[VideoView], semantic: bool, title: str = "",
+                 silent: list[VideoView] = ()) -> bytes:
+    """A grid, one row per video: the best and the worst of the videos with a sounding object (best
+    first, then worst first), then the worst of those where nothing sounds (``silent``): frame,
+    ground truth overlaid, prediction overlaid; the clip id and its scores above the frame."""
+    rows = ([("best", i + 1, v) for i, v in enumerate(best)] + [("worst", i + 1, v) for i, v in enumerate(worst)]
+            + [("nothing sounds", i + 1, v) for i, v in enumerate(silent)])
     palette = _colours(semantic)
     fig = _figure(6.6, 0.35 + 1.75 * max(1, len(rows)))
     if not rows:
@@ -486,8 +507,9 @@ def evaluate_checkpoint(checkpoint_uri: str, dataset_url: str, storage: Storage,
             new = score_clips(metric, pred, batch)
             index = {clip_id: i for i, clip_id in enumerate(batch["clip_id"])}
             for row in new:
-                if extremes.wants(row["miou"], row["fscore"], row["clip_id"]):
-                    extremes.add(_view(batch, pred, index[row["clip_id"]], row, semantic))
+                sounding = has_sounding_object(batch, index[row["clip_id"]])
+                if extremes.wants(row["miou"], row["fscore"], row["clip_id"], sounding):
+                    extremes.add(_view(batch, pred, index[row["clip_id"]], row, semantic), sounding)
             rows.extend(new)
     if not rows:
         raise EvaluationError(f"no clip of split {split!r} in {dataset_url} carries ground truth: nothing was scored")
@@ -529,8 +551,8 @@ def evaluate_checkpoint(checkpoint_uri: str, dataset_url: str, storage: Storage,
              "overlays": join(out_dir, OVERLAYS_FILE), "metrics": join(out_dir, METRICS_FILE)}
     storage.write_text(paths["per_video"], per_video_csv(rows))
     storage.write_bytes(paths["curves"], curves_png(meta.history, f"{meta.model}: {checkpoint_uri}"))
-    best, worst = extremes.chosen()
-    storage.write_bytes(paths["overlays"], overlays_png(best, worst, semantic, name))
+    best, worst, silent = extremes.chosen()
+    storage.write_bytes(paths["overlays"], overlays_png(best, worst, semantic, name, silent))
     report["seconds"] = round(time.perf_counter() - start, 3)
     # last: a folder with metrics.json holds a complete report
     storage.write_text(paths["metrics"], json.dumps(report, indent=1, sort_keys=True, allow_nan=False) + "\n")

@@ -235,3 +235,31 @@ def test_a_checkpoint_that_cannot_score_the_data_set_is_refused(s4_case, tmp_pat
     with pytest.raises(EvaluationError, match="model_size must be a multiple of 32"):
         evaluate_checkpoint(str(tmp_path / "combo"), ds, storage, out, model_size=48, progress=False)
     assert not os.path.exists(out)
+
+
+def test_overlays_show_best_and_worst_of_sounding_videos_and_silent_ones_apart():
+    """A video whose ground truth is empty scores mIoU 1.0 by marking nothing: among the 'best' it
+    would hide what the model does where something sounds, so it gets a row of its own."""
+    from tasks.evaluate.report import Extremes, VideoView, has_sounding_object
+
+    def view(clip_id, miou):
+        return VideoView(clip_id, miou, 0.5, np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8),
+                         np.zeros((4, 4), np.uint8))
+
+    videos = [("silent-perfect", 1.0, False), ("silent-marked", 0.4, False), ("a", 0.9, True), ("b", 0.2, True),
+              ("c", 0.6, True), ("d", 0.7, True)]
+    extremes = Extremes(2)
+    for clip_id, miou, sounding in videos:
+        if extremes.wants(miou, 0.5, clip_id, sounding):
+            extremes.add(view(clip_id, miou), sounding)
+    best, worst, silent = extremes.chosen()
+    assert [v.clip_id for v in best] == ["a", "d"] and [v.clip_id for v in worst] == ["b", "c"]
+    assert [v.clip_id for v in silent] == ["silent-marked"]  # the worst of them: pixels marked under silence
+
+    masks = torch.zeros(2, 2, 4, 4, dtype=torch.long)
+    masks[1, 1, 0, 0] = 1
+    batch = {"masks": masks, "gt_frames": torch.tensor([[True, True], [True, False]])}
+    assert not has_sounding_object(batch, 0)
+    assert not has_sounding_object(batch, 1)  # its object is on a frame without ground truth
+    batch["gt_frames"][1, 1] = True
+    assert has_sounding_object(batch, 1)
