@@ -28,3 +28,20 @@ def last_meta(run_dir: Path) -> dict:
     """meta.json of the run's last checkpoint, or {} when it has none."""
     metas = sorted(run_dir.glob("checkpoint_epoch*/meta.json"))
     return json.loads(metas[-1].read_text()) if metas else {}
+
+
+# The project's pretrained tiny encoders (flows/pretrain.py; weights/synthavs-tiny/card.md says how they
+# were made). --init pretrained starts every tiny model from them, as the papers start from pretrained
+# encoders; --init scratch from random weights.
+WEIGHTS = REPO / "weights" / "synthavs-tiny"
+INITS = ("pretrained", "scratch")
+
+
+def init_overrides(init: str) -> list[str]:
+    """The model overrides of an init: the released backbone and VGGish (a pretrained VGGish is kept
+    frozen, the models' default when vggish_weights are given), or none."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "scratch":
+        return []
+    return [f"model.backbone_weights={WEIGHTS / 'backbone.pt'}", f"model.vggish_weights={WEIGHTS / 'vggish.pt'}"]

@@ -39,7 +39,12 @@ What it prints, per set:
 - how much of the gap between the better unsupervised baseline and supervised COMBO MoCA
   closes (``moca_gap_closed``: 0 no better than the baseline, 1 as good as COMBO).
 
-Last line: ``{"s4": {"combo": {"miou", "fscore", "train_s", "wall_s"}, "combo_no_audio": ...,
+Init (``--init``): ``pretrained`` (the default) starts every tiny model from the project's released
+encoders (``weights/synthavs-tiny``: the TinyCNN in both Siam-Encoder branches, the VGGish kept
+frozen), as the papers start from pretrained ones; ``scratch`` from random weights. Each init has
+its own folder of runs and reports (``outputs/bench_quality/<init>``).
+
+Last line: ``{"init": "pretrained" | "scratch", "s4": {"combo": {"miou", "fscore", "train_s", "wall_s"}, "combo_no_audio": ...,
 "moca": ..., "moca_baseline_saliency": ..., "moca_baseline_similarity": ..., "oracles": {...},
 "combo_minus_no_audio": {"diff", "low", "high", ...}, "moca_minus_saliency": {...}, "moca_minus_similarity": {...},
 "moca_gap_closed": ..., "mask_sources": {...}},
@@ -67,7 +72,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import last_meta, run_logged  # noqa: E402  (bench/, the script's folder)
+from _common import INITS, WEIGHTS, init_overrides, last_meta, run_logged  # noqa: E402  (bench/, the script's folder)
 
 from infra.config import compose, to_dict  # noqa: E402
 from infra.schema.enrich import MaskigeConfig  # noqa: E402
@@ -140,7 +145,7 @@ def oracles_of(synth_cfg, setting: str, clip_ids: set[str]) -> tuple[dict, Oracl
 def train_one(args, set_name: str, model: str, data: list[str], run_root: Path, epochs: int) -> dict | None:
     report = run_root / "reports" / set_name / model
     run_name = f"quality-{set_name}-{model}"
-    cmd = [sys.executable, "-m", FLOW[model], *data, *MODELS[model], f"train={args.recipe}",
+    cmd = [sys.executable, "-m", FLOW[model], *data, *MODELS[model], *init_overrides(args.init), f"train={args.recipe}",
            f"train.run_name={run_name}", f"train.storage_path={run_root}/runs", f"evaluate.output={report}",
            *args.train_override]
     ckpt_meta = last_meta(run_root / "runs" / run_name)
@@ -153,7 +158,8 @@ def train_one(args, set_name: str, model: str, data: list[str], run_root: Path, 
         wall = float(json.loads((report / "bench_wall.json").read_text())["wall_s"]) if (report / "bench_wall.json").exists() else 0.0
         print(f"  {model}: finished run {run_name} and its report found, not trained again", flush=True)
         changed = recipe_changes(ckpt_meta.get("config", {}).get("train", {}),
-                                 to_dict(compose([*data, *MODELS[model], f"train={args.recipe}", *args.train_override]).train),
+                                 to_dict(compose([*data, *MODELS[model], *init_overrides(args.init), f"train={args.recipe}",
+                                                  *args.train_override]).train),
                                  ignore=("moca_threshold_split",) if model in SUPERVISED else ())
         if changed and trained_epochs:  # a training-free run does not depend on the recipe
             print(f"  {model}: WARNING: that run was trained with another recipe ({'; '.join(changed)}); delete "
@@ -276,7 +282,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-uri", default=None, help="where SynthAVS is generated (default OUT/synthavs); found again when complete")
     p.add_argument("--datasets", default=None, help="preprocess.output (default OUT/datasets)")
-    p.add_argument("--out", default=str(REPO / "outputs" / "bench_quality"))
+    p.add_argument("--init", default="pretrained", choices=INITS,
+                   help="pretrained: every tiny model starts from the released encoders (weights/synthavs-tiny); "
+                        "scratch: from random weights")
+    p.add_argument("--out", default=None, help="runs, reports and data (default outputs/bench_quality/<init>)")
     p.add_argument("--recipe", default="synth_cpu", help="conf/train/<recipe>.yaml for every run (a GPU recipe on a GPU machine)")
     p.add_argument("--train-override", nargs="*", default=[],
                    help="extra overrides for every training run (e.g. train.epochs=2); the recipe stays conf/train/synth_cpu.yaml")
@@ -291,12 +300,15 @@ def main() -> None:
     unknown = sorted(set(args.set_train_clips) - set(SETS))
     if unknown:
         p.error(f"--set-train-clips: unknown set(s) {unknown}; sets: {list(SETS)}")
+    args.out = args.out or str(REPO / "outputs" / "bench_quality" / args.init)
     if args.quick:
         args.train_clips, args.val_clips, args.test_clips, args.mask_clips = 48, 8, 16, 2
         args.train_override = ["train.epochs=1", *args.train_override]
         args.out = str(Path(args.out).with_name(Path(args.out).name + "_quick"))
     started = time.perf_counter()
-    summary = {name: run_set(args, name) for name in args.sets}
+    print(f"init: {args.init} ({'the encoders of ' + str(WEIGHTS) if args.init == 'pretrained' else 'random weights'})",
+          flush=True)
+    summary = {"init": args.init, **{name: run_set(args, name) for name in args.sets}}
     print(f"\nbenchmark wall clock {time.perf_counter() - started:.0f} s")
     print(json.dumps(summary, sort_keys=True))
 
