@@ -45,3 +45,15 @@ def init_overrides(init: str) -> list[str]:
     if init == "scratch":
         return []
     return [f"model.backbone_weights={WEIGHTS / 'backbone.pt'}", f"model.vggish_weights={WEIGHTS / 'vggish.pt'}"]
+
+
+def init_data_overrides(init: str, size: int) -> list[str]:
+    """The preprocess overrides of an init: with pretrained encoders, the frames whose pairs MoCA
+    learns from are embedded by the same pretrained TinyCNN (embed.source=tiny_backbone) rather
+    than by classical features."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "scratch":
+        return []
+    return ["preprocess.embed.source=tiny_backbone", f"preprocess.embed.checkpoint={WEIGHTS / 'backbone.pt'}",
+            f"preprocess.embed.image_size={size}"]

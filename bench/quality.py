@@ -41,7 +41,9 @@ What it prints, per set:
 
 Init (``--init``): ``pretrained`` (the default) starts every tiny model from the project's released
 encoders (``weights/synthavs-tiny``: the TinyCNN in both Siam-Encoder branches, the VGGish kept
-frozen), as the papers start from pretrained ones; ``scratch`` from random weights. Each init has
+frozen), as the papers start from pretrained ones, and mines MoCA's pairs from that TinyCNN's frame
+embeddings (``preprocess.embed.source=tiny_backbone``); ``scratch`` from random weights and classical
+embeddings. Each init has
 its own folder of runs and reports (``outputs/bench_quality/<init>``).
 
 Last line: ``{"init": "pretrained" | "scratch", "s4": {"combo": {"miou", "fscore", "train_s", "wall_s"}, "combo_no_audio": ...,
@@ -72,7 +74,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import INITS, WEIGHTS, init_overrides, last_meta, run_logged  # noqa: E402  (bench/, the script's folder)
+from _common import INITS, WEIGHTS, init_data_overrides, init_overrides, last_meta, run_logged  # noqa: E402  (bench/, the script's folder)
 
 from infra.config import compose, to_dict  # noqa: E402
 from infra.schema.enrich import MaskigeConfig  # noqa: E402
@@ -119,6 +121,7 @@ def data_overrides(args: argparse.Namespace, set_name: str, size: int) -> list[s
         f"data.synth.num_test_clips={args.test_clips}", f"data.synth.frame_height={size}",
         f"data.synth.frame_width={size}", f"data.synth.seed={args.seed}",
         f"preprocess.output={Path(args.datasets or out / 'datasets').resolve()}", f"preprocess.maskige.classical_method={args.mask_source}",
+        *init_data_overrides(args.init, size),
     ]
 
 

@@ -366,7 +366,7 @@ def check_checkpoints(cfg: Config, storage: Storage) -> None:
     p = cfg.preprocess
     wanted = [
         ("preprocess.maskige.sam.checkpoint", p.maskige.sam.checkpoint if p.maskige.source == "sam" else None),
-        ("preprocess.embed.checkpoint", p.embed.checkpoint if p.embed.source == "dino" else None),
+        ("preprocess.embed.checkpoint", p.embed.checkpoint if p.embed.source in ("dino", "tiny_backbone") else None),
     ]
     for key, uri in wanted:
         if uri and not storage.exists(uri):

@@ -273,7 +273,7 @@ def release(cfg: Config, storage: Storage, result: TrainResult, out_dir: str, se
     t = cfg.train
     card = {
         "name": "synthavs-tiny",
-        "what": "the tiny encoders every *_tiny model builds, pretrained on SynthAVS: the TinyCNN by dense "
+        "what": "The tiny encoders every *_tiny model builds, pretrained on SynthAVS: the TinyCNN by dense "
                 "segmentation of every object's category on every frame, the tiny VGGish by the categories "
                 "heard in each second (multi-label)",
         "files": files,

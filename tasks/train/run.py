@@ -307,8 +307,10 @@ def prepare(cfg: Config, storage: Storage, dataset_url: str, run_name: str) -> T
     options = cfg.model.builder_options(num_classes=num_classes)
     dry = _dry_model(model, options)
     for key in ("backbone_weights", "vggish_weights"):
-        if options.get(key) and not storage.exists(options[key]):
-            raise TrainSetupError(f"model.{key}={options[key]}: no such file")
+        if options.get(key):
+            if not storage.exists(options[key]):
+                raise TrainSetupError(f"model.{key}={options[key]}: no such file")
+            options[key] = absolute(options[key])  # the workers run in folders of their own
     init = None
     latest = _check_existing_run(run_dir, run_name, storage, cfg, model, manifest.dataset_version)
     if latest is None and t.resume_from:

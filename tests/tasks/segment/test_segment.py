@@ -233,26 +233,33 @@ def test_a_long_video_gets_a_mask_for_every_second(setup, tmp_path):
 # -- semantic models -------------------------------------------------------------------------------
 def test_a_semantic_model_writes_class_ids(setup, tmp_path):
     storage, root, ckpt, ds, scenes, videos = setup
-    torch.manual_seed(0)
-    model = build_model("tpavi_tiny", num_classes=3)
-    with torch.no_grad():  # class k's score: feature channel k - 1 of the last layer, so that classes vary
-        last = model.output_conv[4]
-        last.weight.zero_()
-        last.bias.zero_()
-        for k in (1, 2, 3):
-            last.weight[k, k - 1] = 1.0
-    semantic = str(tmp_path / "avss_ckpt")
-    save_checkpoint(semantic, model, CheckpointMeta(model="tpavi_tiny", model_options={"num_classes": 3}, epoch=1,
-                                                    dataset_url=ds, setting="avss"))
-    result = segment_video(videos[0], semantic, storage, str(tmp_path / "out"), device="cpu", overlay=False)
-    masks = read_masks(storage, str(tmp_path / "out"), T)
+    # Class k's score is feature channel k - 1 of the last layer, so that classes vary over the frame. Which
+    # channels win depends on the random weights: the first seed whose masks hold background and at least two
+    # classes is the one checked (a real test of the ids), and some seed of the first eight must give one.
+    for seed in range(8):
+        torch.manual_seed(seed)
+        model = build_model("tpavi_tiny", num_classes=3)
+        with torch.no_grad():
+            last = model.output_conv[4]
+            last.weight.zero_()
+            last.bias.zero_()
+            for k in (1, 2, 3):
+                last.weight[k, k - 1] = 1.0
+        semantic = str(tmp_path / f"avss_ckpt_{seed}")
+        save_checkpoint(semantic, model, CheckpointMeta(model="tpavi_tiny", model_options={"num_classes": 3},
+                                                        epoch=1, dataset_url=ds, setting="avss"))
+        out = str(tmp_path / f"out_{seed}")
+        result = segment_video(videos[0], semantic, storage, out, device="cpu", overlay=False)
+        masks = read_masks(storage, out, T)
+        if len(np.unique(masks)) >= 3:
+            break
+    assert len(np.unique(masks)) >= 3, "no seed of eight gave background and two classes"
     assert masks.max() <= 3 and result["num_classes"] == 3 and "overlay" not in result["paths"]
     for entry, m in zip(result["seconds"], masks):
         ids, counts = np.unique(m[m != 0], return_counts=True)
         assert entry["classes"] == {str(int(i)): pytest.approx(c / m.size, abs=1e-6) for i, c in zip(ids, counts)}
         assert entry["sounding"] == bool(len(ids))
     assert set(result["totals"]["class_seconds"]) == {str(int(i)) for i in np.unique(masks) if i}
-    assert len(np.unique(masks)) >= 3  # background and at least two classes: a real test of the ids
 
 
 # -- s3:// -----------------------------------------------------------------------------------------
