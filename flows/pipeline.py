@@ -4,9 +4,10 @@
     python -m flows.pipeline data.synth.num_train_clips=3000 train.epochs=3
     python -m flows.pipeline data=synth_easy model=tpavi_tiny train.run_name=tpavi-easy
 
-The config is ``conf/pipeline.yaml``: ``conf/config.yaml`` (SynthAVS ``hard``, ``combo_tiny``,
-local Ray, local storage) with the SynthAVS CPU recipe (``conf/train/synth_cpu.yaml``) at sizes
-that run the whole road in about 10 minutes on 2 cores. Three stages, each a Prefect task run
+The config is ``conf/pipeline.yaml``: ``conf/config.yaml`` (SynthAVS ``hard``, local Ray, local
+storage) with ``avsac_tiny`` started from the project's pretrained encoders (``weights/synthavs-tiny``)
+and the SynthAVS CPU recipe (``conf/train/synth_cpu.yaml``, lr 1e-3) at sizes that run the whole road
+in about 8 minutes on 2 cores. Three stages, each a Prefect task run
 of this flow:
 
 1. data: SynthAVS generated (when the source is ``synth``), decoded, enriched and written as

@@ -15,7 +15,8 @@ be downloaded here, so this flow makes ours the same way, on SynthAVS drawn with
    VGGish with a multi-label tagger) on Ray Train, with the run folder, resume, checkpoints and
    per-epoch lines of every training flow (``tasks.pretrain.run``; the run's name follows from the
    config and the set, so a rerun resumes or reuses it); recipe ``conf/train/pretrain_cpu.yaml``;
-3. release: ``backbone.pt`` and ``vggish.pt`` (the encoders alone) with ``card.json`` / ``card.md``
+3. release: ``backbone.pt`` and ``vggish.pt`` (the encoders alone; VGGish's last layer scaled so that its
+   embeddings have a root mean square of 1 on the held-out seconds, ``tasks.pretrain.run.embedding_scale``) with ``card.json`` / ``card.md``
    (data, seed, steps, held-out category mIoU and audio mAP, each file's sha256) in the run's
    ``release/`` folder, and in ``pretrain.release_dir`` when set.
 
@@ -35,7 +36,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import Overrides, avs_flow, main
 from infra.config import compose, redact_overrides
 from infra.storage import Storage, absolute, join
-from tasks.pretrain.data import ensure_pretrain_set
+from tasks.pretrain.data import ensure_pretrain_set, read_chunks
 from tasks.pretrain.run import MODEL, release, run_pretraining
 
 CONFIG_NAME = "pretrain"  # conf/pretrain.yaml
@@ -78,9 +79,11 @@ def pretrain(overrides: Overrides = None) -> dict:
     out_dirs = [join(result.run_dir, "release")]
     if cfg.pretrain.release_dir:
         out_dirs.append(absolute(cfg.pretrain.release_dir))
+    held_out = read_chunks(set_url, manifest["chunks"]["val"], storage).logmel
+    held_out = held_out.reshape(-1, *held_out.shape[2:])  # every held-out second: VGGish's scale is set on them
     card = None
     for out_dir in out_dirs:
-        card = write_release(cfg, storage, result, out_dir, manifest, shown)
+        card = write_release(cfg, storage, result, out_dir, manifest, shown, held_out)
     held = card["held_out"]
     log.info("released to %s: category mIoU %.4f, audio mAP %.4f on %d held-out clips", ", ".join(out_dirs),
              held["category_miou"], held["audio_map"], manifest["counts"]["val"])

@@ -248,18 +248,59 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def embedding_scale(vggish_state: dict[str, torch.Tensor], logmel: np.ndarray, batch: int = 256) -> dict[str, Any]:
+    """Scale the tiny VGGish's last layer so that its embeddings have a root mean square of 1 per
+    dimension (mean norm sqrt(D)) on the given seconds (``logmel [N, 96, 64]``, held out).
+
+    Trained through a linear tagger alone, the encoder's embeddings grow freely: the first release had
+    a mean norm of about 284 for 128 dimensions, and every model that fuses them (FiLM, attention,
+    Maskige conditioning) starts from inputs two orders of magnitude larger than its image features.
+    The last layer is Linear then ReLU, which is positively homogeneous: multiplying its weight and bias
+    by c > 0 multiplies every embedding by c exactly and changes no ranking of the tags. Returns the new
+    state with ``scale``, ``norm_before`` and ``norm_after``.
+    """
+    from models.build import pretrain_registry
+
+    enc = pretrain_registry[MODEL]().audio_encoder
+    enc.load_state_dict(vggish_state)
+    enc.eval()
+    last = max(i for i, m in enumerate(enc.embeddings) if isinstance(m, torch.nn.Linear))
+
+    def mean_norm() -> float:
+        with torch.no_grad():
+            norms = [enc(torch.from_numpy(logmel[i:i + batch].astype(np.float32))).norm(dim=1)
+                     for i in range(0, len(logmel), batch)]
+        return float(torch.cat(norms).mean())
+
+    before = mean_norm()
+    if not before > 0:
+        raise ValueError(f"the VGGish embeddings of the {len(logmel)} held-out seconds are all zero: nothing to scale")
+    scale = math.sqrt(enc.out_dim) / before
+    with torch.no_grad():
+        enc.embeddings[last].weight.mul_(scale)
+        enc.embeddings[last].bias.mul_(scale)
+    return {"state": {k: v.detach().clone() for k, v in enc.state_dict().items()}, "scale": scale,
+            "norm_before": before, "norm_after": mean_norm()}
+
+
 def release(cfg: Config, storage: Storage, result: TrainResult, out_dir: str, set_manifest: dict[str, Any],
-            overrides: list[str]) -> dict[str, Any]:
+            overrides: list[str], held_out_logmel: np.ndarray | None = None) -> dict[str, Any]:
     """From the run's last checkpoint: ``backbone.pt`` (the TinyCNN, for ``model.backbone_weights``),
     ``vggish.pt`` (the VGGish, for ``model.vggish_weights``), ``card.json`` and ``card.md`` in out_dir
     (local or s3://). ``overrides``: the flow's, written on the card as the command that remakes it.
-    Returns the card."""
+    ``held_out_logmel`` (``[N, 96, 64]``, the held-out seconds): VGGish's embeddings are rescaled to a
+    root mean square of 1 on them (``embedding_scale``); None keeps them as trained. Returns the card."""
     from tasks.synthavs.categories import categories
 
     loaded = load_checkpoint(result.checkpoint_uri, storage, expect_model=MODEL)
     files: dict[str, Any] = {}
+    scaling: dict[str, float] | None = None
     for prefix, name in RELEASE_FILES.items():
         part = {k[len(prefix) + 1:]: v for k, v in loaded.model_state.items() if k.startswith(prefix + ".")}
+        if name == "vggish.pt" and held_out_logmel is not None:
+            scaled = embedding_scale(part, held_out_logmel)
+            part = scaled.pop("state")
+            scaling = {k: round(v, 6) for k, v in scaled.items()}
         buf = io.BytesIO()
         torch.save(part, buf)
         data = buf.getvalue()
@@ -267,6 +308,8 @@ def release(cfg: Config, storage: Storage, result: TrainResult, out_dir: str, se
         files[name] = {"sha256": _sha256(data), "bytes": len(data), "tensors": len(part)}
     files["backbone.pt"]["loads_as"] = "model.backbone_weights (TinyCNN, channels 16-32-64-128: every *_tiny model)"
     files["vggish.pt"]["loads_as"] = "model.vggish_weights (VGGish widths 8-16-32-32, FC 128-128, 128-d: every *_tiny model)"
+    if scaling is not None:
+        files["vggish.pt"]["embedding_scale"] = scaling
     last = result.metrics
     k = int(set_manifest["num_categories"])
     names = [c.name for c in sorted(categories(k), key=lambda c: c.id)]
@@ -298,6 +341,14 @@ def release(cfg: Config, storage: Storage, result: TrainResult, out_dir: str, se
     return card
 
 
+def _scaling_lines(scaling: dict[str, float] | None) -> list[str]:
+    if not scaling:
+        return []
+    return [f"VGGish's last layer is scaled by {scaling['scale']:.4g} (``embedding_scale``): the mean embedding norm on "
+            f"the held-out seconds goes from {scaling['norm_before']:.1f} to {scaling['norm_after']:.2f} (root mean "
+            "square 1 per dimension); the tags' ranking, hence the mAP, is unchanged.", ""]
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """The card for people: what, data, training, held-out figures, files and their sha256."""
     d, tr, h = card["data"], card["training"], card["held_out"]
@@ -316,6 +367,7 @@ def card_markdown(card: dict[str, Any]) -> str:
              "  (" + ", ".join(f"{n} {v:.2f}" for n, v in h["category_iou"].items() if v is not None) + ")",
              f"- audio: mAP {h['audio_map']:.3f} over the held-out seconds",
              "  (" + ", ".join(f"{n} {v:.2f}" for n, v in h["audio_ap"].items() if v is not None) + ")", "",
+             *_scaling_lines(card["files"].get("vggish.pt", {}).get("embedding_scale")),
              "## Files", "", "| file | loads as | bytes | sha256 |", "| --- | --- | --- | --- |"]
     lines += [f"| `{n}` | {f['loads_as']} | {f['bytes']} | `{f['sha256']}` |" for n, f in card["files"].items()]
     return "\n".join(lines) + "\n"

@@ -33,6 +33,8 @@ def test_pretrain_flow_releases_weights_with_a_card_that_the_tiny_models_load(tm
     assert set(held["category_iou"]) == set(card["data"]["categories"]) and len(card["data"]["categories"]) == 8
     assert "python -m flows.pretrain" in card["made_by"] and "pretrain.num_train_clips=8" in card["made_by"]
     assert "held out" in (release_dir / "card.md").read_text()
+    scaling = card["files"]["vggish.pt"]["embedding_scale"]  # embeddings of RMS 1 on the held-out seconds
+    assert scaling["norm_after"] == pytest.approx(128 ** 0.5, rel=1e-3) and scaling["scale"] > 0
 
     # the weights are the run's encoders, and every tiny model loads them
     model = build_model("combo_tiny", backbone_weights=str(release_dir / "backbone.pt"),

@@ -8,7 +8,7 @@ import torch
 from infra.config import ConfigError, compose
 from infra.storage import Storage
 from tasks.pretrain.data import chunk_names, make_chunk, pretrain_synth, read_chunks, set_url
-from tasks.pretrain.run import average_precision, category_scores
+from tasks.pretrain.run import average_precision, category_scores, embedding_scale
 from tasks.synthavs.generate import generate_clip
 
 SMALL = ["data.synth.frame_height=64", "data.synth.frame_width=64"]
@@ -99,3 +99,27 @@ def test_the_shipped_weights_match_their_card_and_load_into_every_tiny_model():
     for name in ("combo_tiny", "avsac_tiny", "tpavi_tiny", "moca_tiny", "moca_baseline_similarity_tiny"):
         model = build_model(name, **weights)
         assert model.audio_encoder.frozen, name  # a pretrained VGGish stays fixed
+
+
+def test_embedding_scale_multiplies_every_embedding_by_one_factor_to_rms_one():
+    from models.build import pretrain_registry
+
+    torch.manual_seed(0)
+    enc = pretrain_registry["encoders_tiny"]().audio_encoder.eval()
+    with torch.no_grad():
+        enc.embeddings[-2].weight.mul_(40.0)  # embeddings far from RMS 1, as a tagger-trained encoder leaves them
+    logmel = np.random.default_rng(0).normal(size=(24, 96, 64)).astype(np.float32)
+    with torch.no_grad():
+        before = enc(torch.from_numpy(logmel))
+    scaled = embedding_scale(enc.state_dict(), logmel, batch=10)
+    enc.load_state_dict(scaled["state"])
+    with torch.no_grad():
+        after = enc(torch.from_numpy(logmel))
+    assert scaled["norm_before"] == pytest.approx(float(before.norm(dim=1).mean()), rel=1e-5)
+    assert float(after.norm(dim=1).mean()) == pytest.approx(128 ** 0.5, rel=1e-4) == scaled["norm_after"]
+    torch.testing.assert_close(after, before * scaled["scale"], rtol=1e-4, atol=1e-5)  # one factor: the same geometry
+    with pytest.raises(ValueError, match="all zero"):
+        with torch.no_grad():
+            enc.embeddings[-2].weight.zero_()
+            enc.embeddings[-2].bias.zero_()
+        embedding_scale(enc.state_dict(), logmel)
