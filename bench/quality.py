@@ -74,7 +74,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import INITS, WEIGHTS, init_data_overrides, init_overrides, last_meta, run_logged  # noqa: E402  (bench/, the script's folder)
+from _common import INITS, PRETRAINED_RECIPE, WEIGHTS, init_data_overrides, init_overrides, last_meta, run_logged  # noqa: E402  (bench/, the script's folder)
 
 from infra.config import compose, to_dict  # noqa: E402
 from infra.schema.enrich import MaskigeConfig  # noqa: E402
@@ -212,7 +212,9 @@ def run_set(args, set_name: str) -> dict:
     synth_cfg = cfg.data.synth
     print(f"\n=== {set_name}: SynthAVS {synth_cfg.preset} {setting}, {size} px, {synth_cfg.num_train_clips} train / "
           f"{synth_cfg.num_val_clips} val / {synth_cfg.num_test_clips} test clips; recipe train={args.recipe} "
-          f"({recipe.train.epochs} epochs, batch {recipe.train.loader.batch_size}, lr {recipe.train.lr}) ===", flush=True)
+          f"({recipe.train.epochs} epochs, batch {recipe.train.loader.batch_size}, lr {recipe.train.lr}"
+          f"{'; supervised models from pretrained starts: ' + ' '.join(PRETRAINED_RECIPE) if args.init == 'pretrained' else ''}) ===",
+          flush=True)
     prep_s = run_logged([sys.executable, "-m", "flows.preprocess", *data], run_root / "logs" / f"{set_name}-preprocess.log",
                         f"preprocessing {set_name}")
     print(f"data set ready in {prep_s:.0f} s (generation + preprocess, or found)", flush=True)

@@ -344,7 +344,7 @@ def release(cfg: Config, storage: Storage, result: TrainResult, out_dir: str, se
 def _scaling_lines(scaling: dict[str, float] | None) -> list[str]:
     if not scaling:
         return []
-    return [f"VGGish's last layer is scaled by {scaling['scale']:.4g} (``embedding_scale``): the mean embedding norm on "
+    return [f"VGGish's last layer is scaled by {scaling['scale']:.4g} (`embedding_scale`): the mean embedding norm on "
             f"the held-out seconds goes from {scaling['norm_before']:.1f} to {scaling['norm_after']:.2f} (root mean "
             "square 1 per dimension); the tags' ranking, hence the mAP, is unchanged.", ""]
 

@@ -70,3 +70,37 @@ def test_log_mel_and_audio_agree(synth_pairs):
         span = folder.logmel.max() - folder.logmel.min()
         assert diff.mean() < 0.1 and diff.mean() < 0.02 * span, (folder.clip_id, diff.mean(), span)
         assert np.corrcoef(folder.audio, video.audio)[0, 1] > 0.995
+
+
+def test_each_s4_mask_is_paired_with_its_own_frame_and_sound():
+    """The S4 train clip as training reads it (AVSBench folder): one annotated frame, the first (as
+    AVSBench S4 train), whose mask is the generator's mask of that very frame (not a neighbour's),
+    covering the object whose category is heard in that second; test clips annotate all five."""
+    import tempfile
+
+    from tasks.synthavs.generate import generate_clip
+
+    cfg = synth_preset("hard", frame_height=SIZE, frame_width=SIZE, num_seconds=T,
+                       num_train_clips=2, num_val_clips=0, num_test_clips=1)
+    storage = Storage()
+    with tempfile.TemporaryDirectory() as out:
+        generate_synthavs(cfg, out, storage, settings=("s4",), formats=("avsbench",), progress=False)
+        refs, rejects = list_avsbench(out, "s4", storage)
+        assert rejects == []
+        clips = {(ref.split, ref.clip_id.rsplit("_", 1)[-1]): decode_clip(ref, storage, T, SIZE) for ref in refs}
+    checked = 0
+    for (split, index), clip in clips.items():
+        scene = generate_clip(cfg, "s4", split, int(index))
+        truth = scene.clip.masks.astype(bool)
+        gt = np.asarray(clip.gt_frames, bool)
+        assert gt.tolist() == ([True] + [False] * (T - 1) if split == "train" else [True] * T), (split, gt)
+        for t in np.flatnonzero(gt):
+            mask = clip.masks[t].astype(bool)
+            np.testing.assert_array_equal(mask, truth[t], err_msg=f"{clip.clip_id} frame {t}")
+            others = [u for u in range(T) if u != t and (truth[u] != truth[t]).any()]
+            assert all((mask != truth[u]).any() for u in others)  # not a neighbouring frame's mask
+            heard = set(np.flatnonzero(scene.audible[t]) + 1)  # category ids audible in second t
+            on_mask = set(np.unique(scene.category_maps[t][mask]).tolist()) - {0}
+            assert on_mask <= heard, (clip.clip_id, t, on_mask, heard)
+            checked += int(mask.any())
+    assert checked >= 1  # at least one frame had a sounding object to check
