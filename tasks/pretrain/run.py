@@ -28,24 +28,21 @@ import hashlib
 import io
 import json
 import math
-import tempfile
 import time
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from infra.config import Config, to_dict
+from infra.config import Config
 from infra.storage import Storage, absolute, join
 from tasks.pretrain.data import MANIFEST, PretrainArrays, read_chunks
 from tasks.shards.loader import ClipTransform
-from tasks.train.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from tasks.train.loop import TrainPlan, _restore, _sum_over_ranks, start_state
+from tasks.train.checkpoint import load_checkpoint
+from tasks.train.loop import TrainPlan, _sum_over_ranks, prepared_model, report_epoch, worker_context
 from tasks.train.run import TrainResult, TrainSetupError, _check_existing_run, runs_root, run_training
 
 MODEL = "encoders_tiny"  # models.build.pretrain_registry
@@ -163,22 +160,11 @@ def _batch(clips: PretrainArrays, idx: Any, transform: ClipTransform, rng: np.ra
 def pretrain_loop_per_worker(config: dict[str, Any], storage: Storage | None = None) -> None:
     from models.build import pretrain_registry
 
-    cfg: Config = config["cfg"]
-    plan: TrainPlan = config["plan"]
+    w = worker_context(config, storage)
+    cfg, plan, storage, rank, world, device, amp = w.cfg, w.plan, w.storage, w.rank, w.world, w.device, w.amp
     t = cfg.train
-    storage = storage or Storage(cfg.storage)
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
-    device = ray.train.torch.get_device()
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp == "bf16")
-
-    torch.manual_seed(cfg.seed)
-    model = pretrain_registry[plan.model](**plan.model_options)
-    restored = _restore(plan, storage)
-    if restored is not None:
-        model.load_state_dict(restored.model_state)
-    model = ray.train.torch.prepare_model(model)
-    bare = getattr(model, "module", model)
-    optimizer, scheduler, start_epoch, step, history = start_state(bare, t, plan, restored)
+    model, bare, (optimizer, scheduler, start_epoch, step, history) = prepared_model(
+        w, lambda: pretrain_registry[plan.model](**plan.model_options))
 
     manifest = json.loads(storage.read_text(join(plan.dataset_url, MANIFEST)))
     train = read_chunks(plan.dataset_url, manifest["chunks"]["train"][rank::world], storage)
@@ -219,22 +205,7 @@ def pretrain_loop_per_worker(config: dict[str, Any], storage: Storage | None = N
         metrics["epoch_s"] = time.perf_counter() - started
         metrics["eta_s"] = metrics["epoch_s"] * (t.epochs - epoch - 1)
         history.append(metrics)
-        _report(model, optimizer, scheduler, cfg, plan, epoch, step, metrics, history, rank)
-
-
-def _report(model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: Config, plan: TrainPlan, epoch: int,
-            step: int, metrics: dict[str, Any], history: list[dict[str, Any]], rank: int) -> None:
-    """Rank 0 writes the epoch's checkpoint (tasks.train.checkpoint's format); every rank reports."""
-    t = cfg.train
-    with tempfile.TemporaryDirectory(prefix="avs-pretrain-") as folder:
-        checkpoint, name = None, None
-        if rank == 0 and ((epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs):
-            meta = CheckpointMeta(model=plan.model, model_options=plan.model_options, epoch=epoch + 1, step=step,
-                                  dataset_url=plan.dataset_url, dataset_version=plan.dataset_version,
-                                  setting=plan.setting, config=to_dict(cfg), metrics=metrics, history=history)
-            save_checkpoint(folder, model, meta, optimizer, scheduler)
-            checkpoint, name = ray.train.Checkpoint.from_directory(folder), f"checkpoint_epoch{epoch + 1:04d}"
-        ray.train.report({**metrics, "rank": rank}, checkpoint=checkpoint, checkpoint_dir_name=name)
+        report_epoch(model, optimizer, scheduler, cfg, plan, epoch, step, metrics, history, {**metrics, "rank": rank})
 
 
 def run_pretraining(cfg: Config, storage: Storage, set_url: str, logger: Any = None) -> TrainResult:

@@ -92,23 +92,47 @@ def start_state(bare: torch.nn.Module, t: Any, plan: TrainPlan, restored: Any) -
     return optimizer, scheduler, start_epoch, step, history
 
 
-def train_loop_per_worker(config: dict[str, Any], storage: Storage | None = None) -> None:
-    cfg: Config = config["cfg"]
-    plan: TrainPlan = config["plan"]
-    t = cfg.train
-    storage = storage or Storage(cfg.storage)
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
-    device = ray.train.torch.get_device()
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp == "bf16")
+@dataclass
+class WorkerContext:
+    """What every training loop's worker starts from: its config and plan, storage, rank, device and
+    autocast (bf16 when ``train.amp=bf16``)."""
 
-    torch.manual_seed(cfg.seed)
-    model = _build_model(plan, storage)
-    restored = _restore(plan, storage)
+    cfg: Config
+    plan: TrainPlan
+    storage: Storage
+    rank: int
+    world: int
+    device: torch.device
+    amp: Any
+
+
+def worker_context(config: dict[str, Any], storage: Storage | None = None) -> WorkerContext:
+    cfg: Config = config["cfg"]
+    device = ray.train.torch.get_device()
+    ctx = ray.train.get_context()
+    return WorkerContext(cfg=cfg, plan=config["plan"], storage=storage or Storage(cfg.storage),
+                         rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=device,
+                         amp=torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp == "bf16"))
+
+
+def prepared_model(w: WorkerContext, build: Any) -> tuple[torch.nn.Module, torch.nn.Module, tuple]:
+    """The worker's model: ``build()`` under the run's seed, the run's last checkpoint restored when it
+    has one, moved to the device (DDP when world > 1). Returns (model, the bare module, ``start_state``)."""
+    torch.manual_seed(w.cfg.seed)
+    model = build()
+    restored = _restore(w.plan, w.storage)
     if restored is not None:
         model.load_state_dict(restored.model_state)
-    model = ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
+    model = ray.train.torch.prepare_model(model)
     bare = getattr(model, "module", model)
-    optimizer, scheduler, start_epoch, step, history = start_state(bare, t, plan, restored)
+    return model, bare, start_state(bare, w.cfg.train, w.plan, restored)
+
+
+def train_loop_per_worker(config: dict[str, Any], storage: Storage | None = None) -> None:
+    w = worker_context(config, storage)
+    cfg, plan, storage, rank, world, device, amp = w.cfg, w.plan, w.storage, w.rank, w.world, w.device, w.amp
+    t = cfg.train
+    model, bare, (optimizer, scheduler, start_epoch, step, history) = prepared_model(w, lambda: _build_model(plan, storage))
 
     for epoch in range(start_epoch, t.epochs):
         started = time.perf_counter()
@@ -183,9 +207,18 @@ def end_epoch(model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: Confi
                     "node_id": ray.get_runtime_context().get_node_id()}
     if t.hooks.report_clip_ids:
         rank_metrics["clip_ids"] = ids
+    report_epoch(model, optimizer, scheduler, cfg, plan, epoch, step, metrics, history, rank_metrics)
+
+
+def report_epoch(model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: Config, plan: TrainPlan, epoch: int,
+                 step: int, metrics: dict[str, Any], history: list[dict[str, Any]],
+                 rank_metrics: dict[str, Any]) -> None:
+    """Rank 0 (``rank_metrics["rank"]``) writes the epoch's checkpoint (tasks.train.checkpoint's format)
+    when ``train.checkpoint_every`` or the last epoch says so; every rank reports its rank_metrics."""
+    t = cfg.train
     with tempfile.TemporaryDirectory(prefix="avs-ckpt-") as folder:
         checkpoint, name = None, None
-        if rank == 0 and ((epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs):
+        if rank_metrics["rank"] == 0 and ((epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs):
             meta = CheckpointMeta(model=plan.model, model_options=plan.model_options, epoch=epoch + 1, step=step,
                                   dataset_url=plan.dataset_url, dataset_version=plan.dataset_version,
                                   setting=plan.setting, config=to_dict(cfg), metrics=metrics, history=history)

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 
 from infra.config import Config
 from infra.storage import Storage, StorageError, join
-from tasks.train.loop import TrainPlan, _build_model, _restore, end_epoch, start_state
+from tasks.train.loop import TrainPlan, _build_model, end_epoch, prepared_model, worker_context
 from tasks.train.run import TrainResult, TrainSetupError, prepare, run_training
 
 log = logging.getLogger(__name__)
@@ -328,16 +328,9 @@ def prepare_moca(cfg: Config, storage: Storage, dataset_url: str, run_name: str)
 # -- the per-worker loop ---------------------------------------------------------------------------------
 def moca_loop_per_worker(config: dict[str, Any], storage: Storage | None = None) -> None:
     """One Ray Train worker: the frame store, the pairs, the contrastive steps (module docstring)."""
-    import ray.train
-    import ray.train.torch
-
-    cfg: Config = config["cfg"]
-    plan: TrainPlan = config["plan"]
+    w = worker_context(config, storage)
+    cfg, plan, storage, rank, world, device, amp = w.cfg, w.plan, w.storage, w.rank, w.world, w.device, w.amp
     t, lc = cfg.train, cfg.train.loader
-    storage = storage or Storage(cfg.storage)
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
-    device = ray.train.torch.get_device()
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp == "bf16")
 
     loaded = time.perf_counter()
     store = FrameStore.load(plan.dataset_url, storage, lc.image_size)
@@ -347,14 +340,7 @@ def moca_loop_per_worker(config: dict[str, Any], storage: Storage | None = None)
     batches = PairBatches(store, pairs, lc.batch_size, lc.image_size, lc.augment, lc.crop_scale, lc.hflip_p, lc.seed)
     load_s = time.perf_counter() - loaded
 
-    torch.manual_seed(cfg.seed)
-    model = _build_model(plan, storage)
-    restored = _restore(plan, storage)
-    if restored is not None:
-        model.load_state_dict(restored.model_state)
-    model = ray.train.torch.prepare_model(model)
-    bare = getattr(model, "module", model)
-    optimizer, scheduler, start_epoch, step, history = start_state(bare, t, plan, restored)
+    model, bare, (optimizer, scheduler, start_epoch, step, history) = prepared_model(w, lambda: _build_model(plan, storage))
 
     for epoch in range(start_epoch, t.epochs):
         started = time.perf_counter()
