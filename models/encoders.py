@@ -6,6 +6,7 @@ r50, pvt_b5) are in ``models.build``, beside the rest of each model's size.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -54,14 +55,16 @@ def build_encoders(
 ) -> tuple[Backbone, VGGishEncoder | None]:
     """Visual backbone and (if ``use_audio``) VGGish encoder (``B x T x 96 x 64 -> B x T x 128``).
 
-    Weight files are local paths. ``freeze_audio=None``: frozen when ``vggish_weights`` are given
+    Weight files are local paths; with ``use_audio=False`` no VGGish is built and ``vggish_weights`` is
+    not loaded (so that one set of weights serves a model and its no-audio ablation). ``freeze_audio=None``: frozen when ``vggish_weights`` are given
     (a pretrained VGGish stays fixed, as AVSBench and COMBO keep theirs), else the size's default
     (tiny: trained from scratch).
     """
     backbone = build_visual_backbone(size, backbone_weights)
     if not use_audio:
-        if vggish_weights is not None:
-            raise ValueError("vggish_weights given but use_audio=False builds no audio encoder")
+        if vggish_weights is not None:  # one set of weights serves a model and its no-audio ablation
+            logging.getLogger(__name__).info("use_audio=False builds no audio encoder: vggish_weights %s not loaded",
+                                             vggish_weights)
         return backbone, None
     audio = VGGishEncoder(widths=size.vggish_widths, fc_dims=size.vggish_fc_dims, out_dim=128)
     if vggish_weights is not None:

@@ -65,6 +65,8 @@ def test_tiny_loads_vggish_weights_from_a_path(tmp_path):
     # given pretrained weights, a tiny VGGish is kept fixed by default, as the papers keep theirs
     assert build_model("tpavi_tiny", vggish_weights=str(path)).audio_encoder.frozen
     assert not build_model("tpavi_tiny", vggish_weights=str(path), freeze_audio=False).audio_encoder.frozen
+    # a no-audio ablation takes the same weights and builds no VGGish (make run's defaults give them)
+    assert build_model("combo_tiny", use_audio=False, vggish_weights=str(path)).audio_encoder is None
 
 
 @pytest.mark.slow
