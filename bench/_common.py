@@ -37,6 +37,12 @@ WEIGHTS = REPO / "weights" / "synthavs-tiny"
 INITS = ("pretrained", "scratch")
 
 
+def _is_scratch(init: str) -> bool:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return init == "scratch"
+
+
 # The recipe from pretrained starts (as conf/pipeline.yaml, which says why): lr 1e-3 with the backbone at
 # the full lr. Measured on make run's set (512 clips, 640 steps): COMBO-tiny 0.254 with COMBO's lr 1e-4 and
 # backbone x0.1, 0.321 at lr 1e-3, 0.344 with the backbone at x1.
@@ -47,9 +53,7 @@ def init_overrides(init: str, supervised: bool = True) -> list[str]:
     """The model overrides of an init: the released backbone and VGGish (a pretrained VGGish is kept
     frozen, the models' default when vggish_weights are given), and for a supervised model the
     pretrained recipe (``PRETRAINED_RECIPE``); for scratch, none."""
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if init == "scratch":
+    if _is_scratch(init):
         return []
     return [f"model.backbone_weights={WEIGHTS / 'backbone.pt'}", f"model.vggish_weights={WEIGHTS / 'vggish.pt'}",
             *(PRETRAINED_RECIPE if supervised else ())]
@@ -59,9 +63,7 @@ def init_data_overrides(init: str, size: int) -> list[str]:
     """The preprocess overrides of an init: with pretrained encoders, the frames whose pairs MoCA
     learns from are embedded by the same pretrained TinyCNN (embed.source=tiny_backbone) rather
     than by classical features."""
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if init == "scratch":
+    if _is_scratch(init):
         return []
     return ["preprocess.embed.source=tiny_backbone", f"preprocess.embed.checkpoint={WEIGHTS / 'backbone.pt'}",
             f"preprocess.embed.image_size={size}"]

@@ -148,7 +148,8 @@ def oracles_of(synth_cfg, setting: str, clip_ids: set[str]) -> tuple[dict, Oracl
 def train_one(args, set_name: str, model: str, data: list[str], run_root: Path, epochs: int) -> dict | None:
     report = run_root / "reports" / set_name / model
     run_name = f"quality-{set_name}-{model}"
-    cmd = [sys.executable, "-m", FLOW[model], *data, *MODELS[model], *init_overrides(args.init, model in SUPERVISED), f"train={args.recipe}",
+    model_overrides = [*MODELS[model], *init_overrides(args.init, model in SUPERVISED)]
+    cmd = [sys.executable, "-m", FLOW[model], *data, *model_overrides, f"train={args.recipe}",
            f"train.run_name={run_name}", f"train.storage_path={run_root}/runs", f"evaluate.output={report}",
            *args.train_override]
     ckpt_meta = last_meta(run_root / "runs" / run_name)
@@ -161,7 +162,7 @@ def train_one(args, set_name: str, model: str, data: list[str], run_root: Path, 
         wall = float(json.loads((report / "bench_wall.json").read_text())["wall_s"]) if (report / "bench_wall.json").exists() else 0.0
         print(f"  {model}: finished run {run_name} and its report found, not trained again", flush=True)
         changed = recipe_changes(ckpt_meta.get("config", {}).get("train", {}),
-                                 to_dict(compose([*data, *MODELS[model], *init_overrides(args.init, model in SUPERVISED), f"train={args.recipe}",
+                                 to_dict(compose([*data, *model_overrides, f"train={args.recipe}",
                                                   *args.train_override]).train),
                                  ignore=("moca_threshold_split",) if model in SUPERVISED else ())
         if changed and trained_epochs:  # a training-free run does not depend on the recipe
