@@ -7,7 +7,7 @@
 The config is ``conf/pipeline.yaml``: ``conf/config.yaml`` (SynthAVS ``hard``, local Ray, local
 storage) with ``avsac_tiny`` started from the project's pretrained encoders (``weights/synthavs-tiny``)
 and the SynthAVS CPU recipe (``conf/train/synth_cpu.yaml``, lr 1e-3) at sizes that run the whole road
-in about 8 minutes on 2 cores. Three stages, each a Prefect task run
+in about 9.5 minutes on 2 cores. Three stages, each a Prefect task run
 of this flow:
 
 1. data: SynthAVS generated (when the source is ``synth``), decoded, enriched and written as

@@ -224,7 +224,7 @@ def embedding_scale(vggish_state: dict[str, torch.Tensor], logmel: np.ndarray, b
     dimension (mean norm sqrt(D)) on the given seconds (``logmel [N, 96, 64]``, held out).
 
     Trained through a linear tagger alone, the encoder's embeddings grow freely: the first release had
-    a mean norm of about 284 for 128 dimensions, and every model that fuses them (FiLM, attention,
+    a mean norm of about 240 for 128 dimensions (held-out seconds), and every model that fuses them (FiLM, attention,
     Maskige conditioning) starts from inputs two orders of magnitude larger than its image features.
     The last layer is Linear then ReLU, which is positively homogeneous: multiplying its weight and bias
     by c > 0 multiplies every embedding by c exactly and changes no ranking of the tags. Returns the new
