@@ -65,7 +65,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.append(str(REPO / "bench"))  # quality.py; last, so that bench/models.py never hides models/
+sys.path.append(str(REPO / "bench"))  # quality.py
 
 from quality import MODELS as FLOW_MODELS  # noqa: E402  (bench/, the script's folder)
 from quality import SETS as FLOW_SETS  # noqa: E402

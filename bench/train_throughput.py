@@ -95,8 +95,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-# Run as a script, this file's folder comes first on sys.path and "models" would name
-# bench/models.py; drop it, and put the repository root first (no install needed on a bare machine).
+# Put the repository root first (no install needed on a bare machine).
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(_HERE)
 sys.path[:] = [_ROOT] + [p for p in sys.path if os.path.abspath(p or os.curdir) not in (_HERE, _ROOT)]

@@ -100,3 +100,13 @@ def test_the_checker_sees_a_cycle(tmp_path):
     graph = _graph(tmp_path)
     assert graph["tasks.a"] == {"tasks.b"} and graph["tasks.b"] == {"tasks.a"}
     assert graph["models.m"] == {"infra"}
+
+
+def test_no_script_folder_hides_a_package_of_the_project():
+    """A script's own folder leads sys.path: bench/models.py once made `import models.backbones`
+    fail in every bench script that reached the model code ("'models' is not a package"). No file
+    or folder beside a script may take the name of one of the project's packages."""
+    script_dirs = [REPO / "bench", REPO / "infra" / "docker", REPO / ".ci"]
+    clashes = sorted(str(p.relative_to(REPO)) for d in script_dirs if d.is_dir() for p in d.iterdir()
+                     if (p.stem if p.suffix == ".py" else p.name) in PACKAGES)
+    assert not clashes, f"these shadow a project package when a script beside them runs: {clashes}"

@@ -12,7 +12,7 @@ Parameter counts of the ``r50`` and ``pvt_b5`` sizes (constructed on the meta de
 no initialisation). With CUDA: one training step (forward, loss, backward, AdamW) of each ``r50``
 model at 224 px, B=8 clips of T=5, fp32 against bf16 autocast.
 
-    .venv/bin/python bench/models.py            # ~2-3 minutes on 2 cores
+    .venv/bin/python bench/model_costs.py       # ~2-3 minutes on 2 cores
 
 The last line of output is one JSON object: ``{"combo_tiny": {"params", "fwd_bwd_s",
 "fwd_bwd_s_channels_last", "channels_last_speedup", "peak_mb"}, "combo_r50": {"params"[,
@@ -32,12 +32,9 @@ import time
 
 import torch
 
-# Run as a script, this file's folder comes first on sys.path and "models" would name this
-# file; drop it so "models" is the project's package.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-from models.build import FAMILIES, SIZES, build_model  # noqa: E402  (after the sys.path fix above)
+from models.build import FAMILIES, SIZES, build_model  # noqa: E402  (after the sys.path line above)
 from models.losses import targets_from_masks  # noqa: E402
 
 
