@@ -311,7 +311,7 @@ def mine_dataset_pairs(embeddings: dict[str, list[tuple[str, str, np.ndarray]]],
     frame must not be paired with evaluation clips), written as pairs.parquet beside the shards."""
     import pandas as pd
 
-    frames = []
+    frames, how = [], {}
     for split in sorted(embeddings):
         keys, clip_ids, rows = [], [], []
         for key, clip_id, emb in embeddings[split]:
@@ -323,13 +323,15 @@ def mine_dataset_pairs(embeddings: dict[str, list[tuple[str, str, np.ndarray]]],
             df = mine_pairs(keys, clip_ids, np.concatenate(rows), cfg.preprocess.pairs)
             df.insert(1, "split", split)
             frames.append(df)
+            how[split] = {k: df.attrs[k] for k in ("method", "recall_at_k", "nlist", "nprobe") if k in df.attrs}
     if not frames:
         return None
     df = pd.concat(frames, ignore_index=True)
     keys = df["key"].tolist()
     url = join(ds_url, PAIRS_FILE)
     write_pairs(df, url, storage)
-    return {"name": PAIRS_FILE, "sha256": hashlib.sha256(storage.read_bytes(url)).hexdigest(), "frames": len(keys)}
+    return {"name": PAIRS_FILE, "sha256": hashlib.sha256(storage.read_bytes(url)).hexdigest(), "frames": len(keys),
+            "mining": how}
 
 
 # -- the whole step --------------------------------------------------------------------

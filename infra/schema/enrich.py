@@ -160,6 +160,19 @@ class PairsConfig:
     block_size: int = 4096  # anchor rows per block (memory is O(block_size * chunk_size))
     chunk_size: int = 4096  # candidate rows per chunk
     seed: int = 0
+    # exact: every pair scored (quadratic: 80k frames take about 3 min on 2 cores); ivf: an inverted
+    # file, faiss k-means cells scanned by matrix products (tasks/enrich/pairs_ann.py); auto: exact
+    # up to exact_max_frames, ivf above.
+    method: str = "auto"
+    exact_max_frames: int = 50_000
+    nlist: int = 0  # IVF cells; 0 = 2 * sqrt(N) rounded (1M frames: 2000)
+    nprobe: int = 16  # cells searched per anchor: recall against speed
+    train_points_per_cell: int = 64  # k-means sample for the cells: nlist x this rows (seeded)
+    kmeans_iters: int = 10
+    # Ray tasks the anchors are split over when Ray is running (the index is built once and shared
+    # through the object store); 0 = one per CPU Ray reports, 1 = in this process.
+    partitions: int = 0
+    recall_sample: int = 1000  # anchors checked against exact k-NN after an approximate run (0 = skip)
 
     def __post_init__(self) -> None:
         _check(self.k_pos >= 1, "pairs.k_pos", self.k_pos, ">= 1")
@@ -167,3 +180,11 @@ class PairsConfig:
         _check(-1.0 <= self.neg_threshold <= 1.0, "pairs.neg_threshold", self.neg_threshold, "in [-1, 1]")
         _check(self.block_size >= 1, "pairs.block_size", self.block_size, ">= 1")
         _check(self.chunk_size >= 1, "pairs.chunk_size", self.chunk_size, ">= 1")
+        _check(self.method in ("auto", "exact", "ivf"), "pairs.method", self.method, "auto, exact or ivf")
+        _check(self.exact_max_frames >= 0, "pairs.exact_max_frames", self.exact_max_frames, ">= 0")
+        _check(self.nlist >= 0, "pairs.nlist", self.nlist, ">= 0 (0 = 2 * sqrt(N))")
+        _check(self.nprobe >= 1, "pairs.nprobe", self.nprobe, ">= 1")
+        _check(self.train_points_per_cell >= 1, "pairs.train_points_per_cell", self.train_points_per_cell, ">= 1")
+        _check(self.kmeans_iters >= 1, "pairs.kmeans_iters", self.kmeans_iters, ">= 1")
+        _check(self.partitions >= 0, "pairs.partitions", self.partitions, ">= 0")
+        _check(self.recall_sample >= 0, "pairs.recall_sample", self.recall_sample, ">= 0")

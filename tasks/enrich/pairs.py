@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from infra.schema.enrich import PairsConfig
+from tasks.enrich.knn import canonical, merge_top, normalised
 
 log = logging.getLogger(__name__)
 
@@ -52,40 +53,20 @@ def _pair_keys(row_hash: torch.Tensor, col_hash: torch.Tensor) -> torch.Tensor:
     return (row_hash[:, None] ^ col_hash[None, :]) * _MUL32
 
 
-def _canonical(primary: torch.Tensor, index: torch.Tensor, keep: int, descending: bool):
-    """Sort each row by primary (ties: smaller index first) and keep the first ``keep``. Returns the order."""
-    by_index = torch.argsort(index, dim=1, stable=True)
-    p = primary.gather(1, by_index)
-    by_primary = torch.argsort(p, dim=1, descending=descending, stable=True)
-    return by_index.gather(1, by_primary)[:, :keep]
-
-
-def _chunk_top(scores: torch.Tensor, c0: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chunk's k best per row (ties at the k-th score: smaller index first). [B, C] -> [B, k]."""
-    c = scores.shape[1]
-    values, index = torch.topk(scores, min(k + 1, c), dim=1)
-    if c > k:
-        # The (k+1)-th equal to the k-th: topk split a tie arbitrarily; redo those rare rows exactly.
-        ties = (values[:, k] == values[:, k - 1]) & torch.isfinite(values[:, k])
-        for r in torch.nonzero(ties).flatten().tolist():
-            row = scores[r].cpu().numpy()
-            pick = torch.from_numpy(np.lexsort((np.arange(c), -row))[:k + 1]).to(scores.device)
-            values[r], index[r] = scores[r, pick], pick
-    return values[:, :k], index[:, :k] + c0
-
-
 def mine_pairs(keys: Sequence[str], clip_ids: Sequence[str], emb: np.ndarray, cfg: PairsConfig | None = None,
                device: str | torch.device | None = None) -> pd.DataFrame:
     """Positives and negatives for every frame.
 
     keys: N frame keys (unique); clip_ids: N clip ids (frames of one clip never pair);
     emb: float [N, D] embeddings (normalised here, so cosine = dot product).
-    device: where the similarity blocks are computed (default: GPU when available).
+    device: where the exact path's similarity blocks are computed (default: GPU when available).
+    ``cfg.method`` picks exact (this module) or the approximate IVF search
+    (:mod:`tasks.enrich.pairs_ann`); ``auto`` takes exact up to ``cfg.exact_max_frames``.
     Returns a DataFrame with one row per frame, in input order: key, clip_id, positives
     (list[str], best first), positive_scores (list[float]), negatives (list[str]),
     negative_scores (list[float]). Rows get fewer than k_pos positives when fewer frames
     of other clips exist, and fewer than num_neg negatives when fewer fall below
-    neg_threshold; ``df.attrs`` counts them.
+    neg_threshold; ``df.attrs`` counts them (and, for ivf, holds the measured recall).
     """
     cfg = cfg or PairsConfig()
     keys = list(keys)
@@ -102,13 +83,27 @@ def mine_pairs(keys: Sequence[str], clip_ids: Sequence[str], emb: np.ndarray, cf
     if not np.isfinite(emb).all():
         bad = int(np.nonzero(~np.isfinite(emb).all(1))[0][0])
         raise ValueError(f"emb has non-finite values, first in row {bad} (key {keys[bad]!r})")
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    x = torch.from_numpy(emb.astype(np.float32)).to(dev)
-    x = torch.nn.functional.normalize(x, dim=1)
-    _, clip_code = np.unique(np.asarray(clip_ids, dtype=object), return_inverse=True)
-    code = torch.from_numpy(clip_code.astype(np.int64)).to(dev)
     if n >= 2**32:
         raise ValueError(f"mine_pairs handles fewer than 2**32 frames, got {n}")
+    _, clip_code = np.unique(np.asarray(clip_ids, dtype=object), return_inverse=True)
+    clip_code = clip_code.astype(np.int64)
+    attrs: dict = {}
+    if cfg.method == "ivf" or (cfg.method == "auto" and n > cfg.exact_max_frames):
+        from tasks.enrich.pairs_ann import mine_ivf
+
+        pos_s, pos_i, neg_s, neg_i, neg_ok, attrs = mine_ivf(normalised(emb), clip_code, cfg)
+    else:
+        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        pos_s, pos_i, neg_s, neg_i, neg_ok = _mine_exact(emb, clip_code, cfg, dev)
+        attrs["method"] = "exact"
+    return _to_frame(keys, clip_ids, pos_s, pos_i, neg_s, neg_i, neg_ok, cfg, attrs)
+
+
+def _mine_exact(emb: np.ndarray, clip_code: np.ndarray, cfg: PairsConfig, dev: torch.device) -> tuple:
+    """Every pair scored, blockwise (module docstring). Returns (pos_s, pos_i, neg_s, neg_i, neg_ok)."""
+    n = emb.shape[0]
+    x = torch.nn.functional.normalize(torch.from_numpy(emb.astype(np.float32)).to(dev), dim=1)
+    code = torch.from_numpy(clip_code).to(dev)
     seed = _mix32(np.array([cfg.seed & 0xFFFFFFFF, (cfg.seed >> 32) & 0xFFFFFFFF], dtype=np.uint64))
     ids = np.arange(n, dtype=np.uint64)
     row_hash = torch.from_numpy(_mix32(_mix32(ids) ^ seed[0]).view(np.int32)).to(dev)
@@ -129,10 +124,7 @@ def mine_pairs(keys: Sequence[str], clip_ids: Sequence[str], emb: np.ndarray, cf
             s = a @ x[c0:c1].T  # [B, C] cosine
             other = code[b0:b1, None] != code[None, c0:c1]
             # The chunk's best, then merged with the running best (only [B, k] kept).
-            c_s, c_i = _chunk_top(s.masked_fill(~other, -torch.inf), c0, k)
-            cat_s, cat_i = torch.cat([top_s, c_s], 1), torch.cat([top_i, c_i], 1)
-            order = _canonical(cat_s, cat_i, k, descending=True)
-            top_s, top_i = cat_s.gather(1, order), cat_i.gather(1, order)
+            top_s, top_i = merge_top(top_s, top_i, s.masked_fill(~other, -torch.inf), c0, k)
             if n_neg:
                 eligible = other & (s < cfg.neg_threshold)
                 hk = torch.where(eligible, _pair_keys(row_hash[b0:b1], col_hash[c0:c1]).long(), _NO_KEY)
@@ -140,31 +132,39 @@ def mine_pairs(keys: Sequence[str], clip_ids: Sequence[str], emb: np.ndarray, cf
                 cat_k = torch.cat([low_k, c_k], 1)
                 cat_i = torch.cat([low_i, c_j + c0], 1)
                 cat_s = torch.cat([low_s, s.gather(1, c_j)], 1)
-                order = _canonical(cat_k, cat_i, n_neg, descending=False)
+                order = canonical(cat_k, cat_i, n_neg, descending=False)
                 low_k, low_i, low_s = cat_k.gather(1, order), cat_i.gather(1, order), cat_s.gather(1, order)
         pos_s.append(top_s.cpu().numpy())
         pos_i.append(top_i.cpu().numpy())
         neg_s.append(low_s.cpu().numpy())
         neg_i.append(low_i.cpu().numpy())
         neg_k.append(low_k.cpu().numpy())
-    if n:
-        pos_s, pos_i, neg_s, neg_i, neg_k = (np.concatenate(v) for v in (pos_s, pos_i, neg_s, neg_i, neg_k))
+    if not n:
+        empty = np.zeros((0, k)), np.zeros((0, k), np.int64)
+        return (*empty, np.zeros((0, n_neg)), np.zeros((0, n_neg), np.int64), np.zeros((0, n_neg), bool))
+    pos_s, pos_i, neg_s, neg_i, neg_k = (np.concatenate(v) for v in (pos_s, pos_i, neg_s, neg_i, neg_k))
+    return pos_s, pos_i, neg_s, neg_i, neg_k != _NO_KEY
 
+
+def _to_frame(keys: list[str], clip_ids: list[str], pos_s: np.ndarray, pos_i: np.ndarray, neg_s: np.ndarray,
+              neg_i: np.ndarray, neg_ok: np.ndarray, cfg: PairsConfig, attrs: dict) -> pd.DataFrame:
+    """The pairs table from index arrays (positives: finite score = found; negatives: neg_ok)."""
+    n, k, n_neg = len(keys), cfg.k_pos, cfg.num_neg
+    key_arr = np.asarray(keys, dtype=object)
     rows_pos, rows_pos_s, rows_neg, rows_neg_s = [], [], [], []
-    short_pos = short_neg = 0
+    pos_ok = np.isfinite(pos_s)
     for r in range(n):
-        ok = np.isfinite(pos_s[r])
-        rows_pos.append([keys[j] for j in pos_i[r][ok]])
-        rows_pos_s.append([float(v) for v in pos_s[r][ok]])
-        short_pos += int(ok.sum() < k)
-        okn = neg_k[r] != _NO_KEY
-        rows_neg.append([keys[j] for j in neg_i[r][okn]])
-        rows_neg_s.append([float(v) for v in neg_s[r][okn]])
-        short_neg += int(okn.sum() < n_neg)
+        ok, okn = pos_ok[r], neg_ok[r]
+        rows_pos.append(key_arr[pos_i[r][ok]].tolist())
+        rows_pos_s.append(pos_s[r][ok].tolist())
+        rows_neg.append(key_arr[neg_i[r][okn]].tolist())
+        rows_neg_s.append(neg_s[r][okn].tolist())
+    short_pos = int((pos_ok.sum(1) < k).sum()) if n else 0
+    short_neg = int((neg_ok.sum(1) < n_neg).sum()) if n else 0
     df = pd.DataFrame({"key": keys, "clip_id": clip_ids, "positives": rows_pos, "positive_scores": rows_pos_s,
                        "negatives": rows_neg, "negative_scores": rows_neg_s})
     df.attrs.update(num_frames=n, rows_short_of_positives=short_pos, rows_short_of_negatives=short_neg,
-                    k_pos=k, num_neg=n_neg, neg_threshold=cfg.neg_threshold, seed=cfg.seed)
+                    k_pos=k, num_neg=n_neg, neg_threshold=cfg.neg_threshold, seed=cfg.seed, **attrs)
     if short_pos or short_neg:
         log.warning("pairs: %d of %d frames have fewer than %d positives, %d fewer than %d negatives "
                     "(cosine < %.2f)", short_pos, n, k, short_neg, n_neg, cfg.neg_threshold)
