@@ -129,7 +129,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     """Compose conf/{config_name}.yaml with overrides and return the validated Config.
 
     Credentials are refused, as overrides and in config files (see HOW_TO_PASS_CREDENTIALS)."""
-    overrides = [str(o) for o in overrides]
+    overrides = quote_plain_values([str(o) for o in overrides])
     check_overrides(overrides)
     shown = redact_overrides(overrides)
     # conf/config.yaml lists "schema" first in its defaults: Hydra then knows every key and
@@ -156,6 +156,36 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
         raise ConfigError(f"{', '.join(in_files)} set in the config files under {CONF_DIR}: credentials never come "
                           f"from the config tree. {HOW_TO_PASS_CREDENTIALS}")
     return cfg
+
+
+def quote_plain_values(overrides: list[str]) -> list[str]:
+    """Overrides as a user types them in a shell, made valid for Hydra's grammar: a ``key=value``
+    whose value Hydra cannot read unquoted (a path with spaces, accents, parentheses...) gets
+    single quotes around it, so ``segment.video=/videos/ünïcödé name.mp4`` means that file. Values
+    Hydra reads as they are (numbers, lists, ``null``, quoted strings) are left alone; a value that
+    was not meant as a string then fails as the key's type says, naming the key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and value and value[0] not in "'\"" and not _parses(parser, override):
+            # Hydra's quoted strings: backslashes are escaped only before a quote or the end
+            escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value).replace("'", "\\'")
+            quoted = f"{key}='{escaped}'"
+            if _parses(parser, quoted):
+                override = quoted
+        out.append(override)
+    return out
+
+
+def _parses(parser: Any, override: str) -> bool:
+    try:
+        parser.parse_override(override)
+    except Exception:  # noqa: BLE001 - Hydra's lexer and parser errors alike
+        return False
+    return True
 
 
 def redact_overrides_in(text: str, overrides: list[str]) -> str:

@@ -198,3 +198,34 @@ def test_video_default_t_agrees_with_the_video_reader():
 
     assert VIDEO_NUM_FRAMES == video.DEFAULT_SECONDS == compose(["data=videos", "data.uri=/d",
                                                                   "data.num_frames=null"]).data.num_frames
+
+
+@pytest.mark.parametrize("path", [
+    "/videos/ünïcödé name with spaces.mp4",  # Hydra's lexer refuses the accents unquoted
+    "/v/it's (take 1) ü.mp4",
+    "/ü dir\\sub\\",  # backslashes inside and at the end
+    "/plain/clip.mp4",
+])
+def test_a_path_typed_as_in_a_shell_reaches_the_config_unchanged(path):
+    assert compose([f"segment.video={path}"]).segment.video == path
+
+
+def test_values_hydra_reads_unquoted_keep_their_meaning_and_a_wrong_type_names_the_key():
+    cfg = compose(["train.lr=2e-4", "data.splits=[train,val]", "model.tpavi_stages=[0,1]", "model=tpavi_tiny"])
+    assert cfg.train.lr == 2e-4 and cfg.data.splits == ["train", "val"] and cfg.model.tpavi_stages == [0, 1]
+    with pytest.raises(ConfigError, match="train.lr"):
+        compose(["train.lr=ünï"])
+
+
+def test_segment_cli_takes_an_unquoted_unicode_path(tmp_path):
+    """README's segment line with a path as a user types it: no Hydra lexer error (exit 2); the run
+    gets as far as reading the (missing) checkpoint and says so."""
+    import subprocess
+    import sys
+
+    video = tmp_path / "ünïcödé name with spaces.mp4"
+    out = subprocess.run([sys.executable, "-m", "flows.segment", f"segment.video={video}",
+                          f"segment.checkpoint={tmp_path / 'no such checkpoint'}"],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300)
+    assert "LexerNoViableAlt" not in out.stderr and "cannot compose" not in out.stderr, out.stderr[-2000:]
+    assert out.returncode != 0 and ("no such checkpoint" in out.stderr or str(video) in out.stderr), out.stderr[-2000:]
