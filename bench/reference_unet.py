@@ -4,8 +4,8 @@ audio (FiLM), trained from scratch with the per-pixel BCE of AVSBench's S4 recip
 Not a method of the project and not in the model registry: ``bench/quality_gpu.py`` trains it
 beside the COMBO family (``--plan s4:reference_unet``) to separate two explanations of a weak
 score on SynthAVS, that the data cannot be learned in the benchmark's steps, and that a model
-family learns it slowly from scratch. DESIGN.md reports such a network at 0.98 mIoU on the
-``easy`` preset after 5 CPU minutes.
+family learns it slowly from scratch. An early calibration outside the project reported such a network at 0.98 mIoU on the
+``easy`` preset after 5 CPU minutes (the project's own reached 0.670 on easy S4 in 9 CPU minutes).
 
 What it shares with TPAVI-tiny, so that only the image path differs: the tiny VGGish audio encoder
 (``models.build.TINY_ENCODERS``, trained), the binary output and its loss (``tpavi_loss``: BCE on

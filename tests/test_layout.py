@@ -1,4 +1,4 @@
-"""The layout DESIGN.md promises: dependencies point one way (flows -> tasks -> models,
+"""The layout docs/design.md describes: dependencies point one way (flows -> tasks -> models,
 tasks -> infra; models imports nothing of the project), and no module of the project
 imports itself back through others, deferred imports inside functions included."""
 from __future__ import annotations
