@@ -28,7 +28,7 @@ read in training; ``sync_s4`` trains COMBO and TPAVI only.
 
 What it prints, per set:
 - the Maskige the models see: the mean best-match IoU of each classical mask source against
-  SynthAVS's exact objects (``tasks.enrich.mask_quality``) on test clips, and which one the
+  SynthAVS's exact objects (``bench/mask_quality.py``) on test clips, and which one the
   benchmark uses (``--mask-source``, chroma by default: the best of the three, see below);
 - per model: test mIoU and F-score (AVSBench protocol, from the flow's report), training and
   whole-run wall clock;
@@ -57,7 +57,7 @@ and evaluation plus about 20 min of generation and preprocessing; MS3's six mode
 add about 30 min (not measured yet).
 
 Mask source. The classical sources measured on SynthAVS hard S4 test clips (16 clips,
-``python -m tasks.enrich.mask_quality --size 96 128 --clips 16``): mean best-match IoU
+``.venv/bin/python bench/mask_quality.py --size 96 128 --clips 16``): mean best-match IoU
 felzenszwalb 0.55 / 0.52 (96 / 128 px; it cuts striped and checked objects into pieces),
 slic 0.52 / 0.51, chroma 0.61 / 0.64 with 4-5 segments a frame (about one per object). Chroma
 is used: it is the one whose segments are whole objects, as SAM's would be. The benchmark
@@ -78,7 +78,7 @@ from _common import INITS, PRETRAINED_RECIPE, WEIGHTS, init_data_overrides, init
 
 from infra.config import compose, to_dict  # noqa: E402
 from infra.schema.enrich import MaskigeConfig  # noqa: E402
-from tasks.enrich.mask_quality import format_table, measure_mask_sources  # noqa: E402
+from mask_quality import format_table, measure_mask_sources  # noqa: E402  (bench/, beside this script)
 from tasks.evaluate.compare import paired_bootstrap, read_per_video  # noqa: E402
 from tasks.synthavs.generate import generate_clip  # noqa: E402
 from tasks.synthavs.oracles import ORACLES, OracleScores  # noqa: E402

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbones import _conv_bn_relu
+from models.backbones import conv_bn_relu
 from models.build import TINY_ENCODERS
 from models.encoders import build_encoders
 from models.pixel_mask_model import PixelMaskModel
@@ -34,7 +34,7 @@ from models.tpavi import tpavi_loss
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(_conv_bn_relu(c_in, c_out, 1), _conv_bn_relu(c_out, c_out, 1))  # TinyCNN's unit, twice
+    return nn.Sequential(conv_bn_relu(c_in, c_out, 1), conv_bn_relu(c_out, c_out, 1))  # TinyCNN's unit, twice
 
 
 class FiLM(nn.Module):

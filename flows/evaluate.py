@@ -17,7 +17,7 @@ from flows.common import Overrides, avs_flow, main
 from infra.config import ConfigError, compose
 from infra.storage import Storage, absolute, join
 from tasks.evaluate.report import evaluate_checkpoint
-from tasks.train.checkpoint import read_meta
+from tasks.checkpoint import read_meta
 
 score_checkpoint = task(evaluate_checkpoint, name="evaluate-checkpoint", cache_policy=NO_CACHE)
 

@@ -11,7 +11,7 @@ and write the report.
 Training reads ``pairs.parquet`` beside the shards and the train split's frames and log-mel,
 never a mask (tasks/train/moca.py). Everything else is train_combo's: ``train.dataset`` null
 runs the preprocess flow first; checkpoints in ``{train.storage_path or output/train}/{train.run_name}/``
-in tasks.train.checkpoint's format (flows.evaluate scores them as any other); the same
+in tasks.checkpoint's format (flows.evaluate scores them as any other); the same
 ``train.run_name`` resumes; per-epoch lines in the flow's log; the report (tasks.evaluate.report)
 on ``train.test_split`` to ``evaluate.output`` or ``{output}/evaluations/{run}/{checkpoint}/{split}/``;
 ``train.evaluate=false`` skips it. The saliency baseline learns nothing: its run is one checkpoint

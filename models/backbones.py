@@ -104,7 +104,7 @@ class Backbone(nn.Module):
             raise ValueError(f"backbone input H and W must be divisible by 32, got {tuple(x.shape[-2:])}")
 
 
-def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+def conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(c_out),
@@ -125,10 +125,10 @@ class TinyCNN(Backbone):
         self.channels = [int(c) for c in channels]
         self.in_chans = in_chans
         c0 = self.channels[0]
-        self.stem = nn.Sequential(_conv_bn_relu(in_chans, c0 // 2 or 1, 2), _conv_bn_relu(c0 // 2 or 1, c0, 2))
-        self.stages = nn.ModuleList([_conv_bn_relu(c0, c0, 1)])
+        self.stem = nn.Sequential(conv_bn_relu(in_chans, c0 // 2 or 1, 2), conv_bn_relu(c0 // 2 or 1, c0, 2))
+        self.stages = nn.ModuleList([conv_bn_relu(c0, c0, 1)])
         for c_in, c_out in zip(self.channels[:-1], self.channels[1:]):
-            self.stages.append(nn.Sequential(_conv_bn_relu(c_in, c_out, 2), _conv_bn_relu(c_out, c_out, 1)))
+            self.stages.append(nn.Sequential(conv_bn_relu(c_in, c_out, 2), conv_bn_relu(c_out, c_out, 1)))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         self.check_input(x, self.in_chans)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.audio_encoder import VGGishEncoder
-from models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, _conv_bn_relu
+from models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, conv_bn_relu
 
 
 class DenseCategoryHead(nn.Module):
@@ -35,7 +35,7 @@ class DenseCategoryHead(nn.Module):
     def __init__(self, channels: list[int], num_classes: int, head_dim: int = 64) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, head_dim, 1) for c in channels)
-        self.fuse = _conv_bn_relu(head_dim, head_dim, 1)
+        self.fuse = conv_bn_relu(head_dim, head_dim, 1)
         self.classifier = nn.Conv2d(head_dim, num_classes, 1)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:

@@ -23,3 +23,17 @@ def jpeg_bytes(image: np.ndarray, quality: int, subsampling: str | None = None) 
     kwargs = {} if subsampling is None else {"subsampling": subsampling}
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=quality, **kwargs)
     return buf.getvalue()
+
+
+def voc_palette(num_classes: int) -> np.ndarray:
+    """uint8 [num_classes, 3]: the PASCAL-VOC-style colour of each class id, the colours of
+    AVSS's labels_rgb (id bits spread over R, G, B from the top bit down)."""
+    palette = np.zeros((num_classes, 3), np.uint8)
+    for c in range(num_classes):
+        value, shift = c, 7
+        while value:
+            for channel in range(3):
+                palette[c, channel] |= ((value >> channel) & 1) << shift
+            value >>= 3
+            shift -= 1
+    return palette

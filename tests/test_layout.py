@@ -110,3 +110,47 @@ def test_no_script_folder_hides_a_package_of_the_project():
     clashes = sorted(str(p.relative_to(REPO)) for d in script_dirs if d.is_dir() for p in d.iterdir()
                      if (p.stem if p.suffix == ".py" else p.name) in PACKAGES)
     assert not clashes, f"these shadow a project package when a script beside them runs: {clashes}"
+
+
+# Steps of the road that stand on the same floor: none reaches into another's room below.
+# train -> evaluate is allowed (validation scores with evaluate's scoring); evaluate and segment
+# never import train: what both need of a run (build, load, verify a checkpoint) is tasks.checkpoint.
+FORBIDDEN_STEP_ARROWS = {
+    "tasks.evaluate": ("tasks.train", "tasks.tune", "tasks.segment"),
+    "tasks.segment": ("tasks.train", "tasks.tune"),
+    # a pipeline step reads data through the readers, never through the generator of a benchmark set
+    "tasks.enrich": ("tasks.synthavs", "tasks.train", "tasks.evaluate"),
+    "tasks.decode": ("tasks.enrich", "tasks.shards", "tasks.train", "tasks.evaluate", "tasks.segment"),
+}
+
+
+def test_steps_do_not_reach_into_each_others_rooms():
+    wrong = sorted(f"{mod} imports {dep}" for mod, deps in _graph().items()
+                   for room, banned in FORBIDDEN_STEP_ARROWS.items() if mod == room or mod.startswith(room + ".")
+                   for dep in deps if any(dep == b or dep.startswith(b + ".") for b in banned))
+    assert wrong == []
+
+
+def _private_imports(root: Path = REPO) -> list[str]:
+    """`from X import _name` of a project module X by another module: a private name borrowed."""
+    mods = _modules(root)
+    out = []
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in PACKAGES:
+                out += [f"{name} imports {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__") and node.module != name]
+    return sorted(out)
+
+
+def test_no_private_name_is_borrowed_across_modules():
+    assert _private_imports() == []
+
+
+def test_the_private_name_check_sees_a_borrowed_name(tmp_path):
+    for pkg in PACKAGES:
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "tasks" / "a.py").write_text("def _helper():\n    pass\n")
+    (tmp_path / "tasks" / "b.py").write_text("from tasks.a import _helper\n")
+    assert _private_imports(tmp_path) == ["tasks.b imports tasks.a._helper"]

@@ -69,6 +69,7 @@ from tasks.clip import SAMPLE_RATE, SPLITS, Clip, ClipDecodeError, ClipRef, Reje
 from tasks.decode.logmel import DEFAULT_FRAMING, log_mel_examples
 from tasks.decode.safe_pickle import UnsafePickleError, load_array
 from tasks.decode.video import decode_audio, resize_rgb
+from tasks.media import voc_palette
 
 OBJECT_DIR = "AVSBench_object"
 SEMANTIC_DIR = "AVSBench_semantic"
@@ -408,20 +409,6 @@ def _binary(image: Image.Image) -> np.ndarray:
     if mode in ("I", "F"):
         return (np.asarray(image) > 0).astype(np.uint8)
     return (np.asarray(image.convert("L")) >= 128).astype(np.uint8)
-
-
-def voc_palette(num_classes: int) -> np.ndarray:
-    """uint8 [num_classes, 3]: the PASCAL-VOC-style colour of each class id, the colours of
-    AVSS's labels_rgb (id bits spread over R, G, B from the top bit down)."""
-    palette = np.zeros((num_classes, 3), np.uint8)
-    for c in range(num_classes):
-        value, shift = c, 7
-        while value:
-            for channel in range(3):
-                palette[c, channel] |= ((value >> channel) & 1) << shift
-            value >>= 3
-            shift -= 1
-    return palette
 
 
 def _class_ids(image: Image.Image, classes: dict[str, int], clip_id: str, what: str) -> np.ndarray:

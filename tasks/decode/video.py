@@ -19,7 +19,7 @@ missing seconds repeat the last frame and the missing audio is silence;
 that, or no video track, no audio track, zero frames, a file FFmpeg cannot read, a stream
 that breaks off or is shorter than its container declares: ClipDecodeError with the reason.
 
-FFmpeg's log messages never reach Python here (see :func:`_ffmpeg_logs_out_of_python`):
+FFmpeg's log messages never reach Python here (see :func:`ffmpeg_logs_out_of_python`):
 a Python log callback called from FFmpeg's decoder threads can deadlock on a corrupt stream.
 """
 from __future__ import annotations
@@ -137,11 +137,11 @@ def read_av(path: str, clip_id: str, num_seconds: int, frame_size: int) -> tuple
     """Frames uint8 [T, S, S, 3], audio float32 [T * 16000] and meta of one local video file."""
     import av
 
-    _ffmpeg_logs_out_of_python()
-    container = _open(path, clip_id)
+    ffmpeg_logs_out_of_python()
+    container = open_container(path, clip_id)
     with container:
         video_stream, audio_stream = _pick_streams(container, clip_id)
-        origin = _origin(container)
+        origin = playback_origin(container)
         picker = _FramePicker(num_seconds, video_stream)
         audio = _AudioTrack(origin, num_seconds)
         try:
@@ -149,17 +149,17 @@ def read_av(path: str, clip_id: str, num_seconds: int, frame_size: int) -> tuple
                 if packet.stream.index == video_stream.index:
                     if not picker.done:
                         for frame in packet.decode():
-                            picker.offer(frame, _time(frame), origin)
+                            picker.offer(frame, frame_time(frame), origin)
                 elif not audio.done:
                     for frame in packet.decode():
-                        audio.add(frame, _time(frame))
+                        audio.add(frame, frame_time(frame))
                 if picker.done and audio.done:
                     break
         except av.FFmpegError as e:
             raise ClipDecodeError(
                 clip_id,
                 f"truncated or corrupt: decoding stopped after {picker.count} video frames "
-                f"({float(picker.last_time or 0):.2f} s): {_ffmpeg_message(e)}",
+                f"({float(picker.last_time or 0):.2f} s): {ffmpeg_message(e)}",
             ) from None
         _check_complete(container, video_stream, picker, audio, clip_id)
         frames = picker.frames(frame_size, clip_id)
@@ -190,20 +190,20 @@ def decode_audio(path: str, clip_id: str, num_seconds: int) -> tuple[np.ndarray,
     """
     import av
 
-    _ffmpeg_logs_out_of_python()
-    container = _open(path, clip_id)
+    ffmpeg_logs_out_of_python()
+    container = open_container(path, clip_id)
     with container:
         if not container.streams.audio:
             raise ClipDecodeError(clip_id, f"no audio track in {posixpath.basename(path)}")
         stream = container.streams.audio[0]
-        track = _AudioTrack(_origin(container), num_seconds)
+        track = _AudioTrack(playback_origin(container), num_seconds)
         try:
             for frame in container.decode(stream):
-                track.add(frame, _time(frame))
+                track.add(frame, frame_time(frame))
                 if track.done:
                     break
         except av.FFmpegError as e:
-            raise ClipDecodeError(clip_id, f"truncated or corrupt audio: {_ffmpeg_message(e)}") from None
+            raise ClipDecodeError(clip_id, f"truncated or corrupt audio: {ffmpeg_message(e)}") from None
         samples, seconds = track.samples(clip_id)
         meta = {
             "source_sample_rate": int(stream.codec_context.sample_rate or 0),
@@ -288,7 +288,7 @@ def _encode_audio(out, stream, audio: np.ndarray, sample_rate: int) -> None:
 _logging_warned = False
 
 
-def _ffmpeg_logs_out_of_python() -> None:
+def ffmpeg_logs_out_of_python() -> None:
     """Keep FFmpeg's log messages out of Python while we decode, in every process that does.
 
     With a PyAV log level set, FFmpeg's log callback calls into Python and takes the GIL,
@@ -313,11 +313,11 @@ def _ffmpeg_logs_out_of_python() -> None:
         av.logging.set_level(None)
 
 
-def _ffmpeg_message(e: Exception) -> str:
+def ffmpeg_message(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
-def _open(path: str, clip_id: str):
+def open_container(path: str, clip_id: str):
     import av
 
     try:
@@ -334,7 +334,7 @@ def _open_failure(path: str, e: Exception) -> str:
         return "not a video: empty file (0 bytes)"
     with open(path, "rb") as f:
         head = f.read(16)
-    message = _ffmpeg_message(e)
+    message = ffmpeg_message(e)
     if head[4:8] in _CONTAINER_MAGIC[0][1]:
         missing = _mp4_missing_box(path, size)
         return f"truncated or corrupt: {message}" + (f" ({missing})" if missing else "")
@@ -386,12 +386,12 @@ def _pick_streams(container, clip_id: str):
     return video, audio
 
 
-def _origin(container) -> Fraction:
+def playback_origin(container) -> Fraction:
     """The instant playback starts, shared by all streams (seconds)."""
     return Fraction(container.start_time, 1_000_000) if container.start_time is not None else Fraction(0)
 
 
-def _time(frame) -> Fraction | None:
+def frame_time(frame) -> Fraction | None:
     """Presentation time of a decoded frame in seconds, exactly (None without a time stamp)."""
     if frame.pts is not None and frame.time_base is not None:
         return frame.pts * Fraction(frame.time_base)

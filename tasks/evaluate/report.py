@@ -42,16 +42,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from infra.schema.shards import LoaderConfig
 from infra.storage import Storage, join
-from tasks.evaluate.scoring import model_inputs, new_metric, predict, score_clips, to_device
+from tasks.evaluate.scoring import label_map, model_inputs, new_metric, predict, score_clips, to_device, to_model_size
 from tasks.shards.loader import make_loader
 from tasks.shards.manifest import Manifest, read_manifest
 from tasks.shards.schema import SCHEMA_VERSION, ClipSample, decode_sample, read_shard, sample_meta
-from tasks.train.checkpoint import CheckpointMeta, build_from_checkpoint, read_meta
+from tasks.checkpoint import CheckpointMeta, build_from_checkpoint, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +191,7 @@ def scoring_sizes(frame_size: tuple[int, int], image_size: int | None, model_siz
     return int(image_size), int(model_size)
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -262,13 +261,6 @@ def has_sounding_object(batch: dict[str, Any], i: int) -> bool:
     return bool(((masks != 0) & (masks != IGNORE_ID)).any())
 
 
-def _label_map(pred: torch.Tensor, semantic: bool) -> torch.Tensor:
-    """One frame's prediction as the metric reads it: class ids [H, W]."""
-    if semantic:
-        return pred.float().softmax(0).argmax(0)
-    return (torch.sigmoid(pred.float()) > 0.5).long()
-
-
 def _thumb(image: np.ndarray, nearest: bool) -> np.ndarray:
     from PIL import Image
 
@@ -289,26 +281,9 @@ def _view(batch: dict[str, Any], pred: torch.Tensor, i: int, row: dict[str, Any]
     t = (with_fg or annotated)[0]
     frame = (batch["frames"][i, t].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
     gt = masks[t].clamp(0, 255).byte().cpu().numpy()
-    pr = _label_map(pred[i, t], semantic).clamp(0, 255).byte().cpu().numpy()
+    pr = label_map(pred[i, t], semantic).clamp(0, 255).byte().cpu().numpy()
     return VideoView(row["clip_id"], row["miou"], row["fscore"], _thumb(frame, False), _thumb(gt, True),
                      _thumb(pr, True))
-
-
-def _to_model_size(inputs: dict[str, Any], size: int) -> dict[str, Any]:
-    """Frames (bilinear) and Maskige (nearest: its colours are ids) resized to size x size."""
-    out = dict(inputs)
-    for name, mode in (("frames", "bilinear"), ("maskige", "nearest-exact")):
-        x = inputs.get(name)
-        if x is None or tuple(x.shape[-2:]) == (size, size):
-            continue
-        b, t = x.shape[:2]
-        flat = x.flatten(0, 1)
-        if mode == "bilinear":
-            flat = F.interpolate(flat, size=(size, size), mode=mode, align_corners=False, antialias=True)
-        else:
-            flat = F.interpolate(flat, size=(size, size), mode=mode)
-        out[name] = flat.reshape(b, t, *flat.shape[1:])
-    return out
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -380,7 +355,7 @@ def curves_png(history: list[dict[str, Any]], title: str = "") -> bytes:
 
 def _colours(semantic: bool) -> np.ndarray:
     """uint8 [256, 3]: the colour of each class id in an overlay (AVSS: AVSBench's palette)."""
-    from tasks.decode.avsbench import voc_palette
+    from tasks.media import voc_palette
 
     palette = voc_palette(256)  # id 255 (ignore) gets VOC's (224, 224, 192)
     if not semantic:
@@ -460,7 +435,7 @@ def evaluate_checkpoint(checkpoint_uri: str, dataset_url: str, storage: Storage,
     Raises before any batch is read: EvaluationError for the data set (missing, unfinished,
     unknown schema version, no such split, shards missing, no ground truth) or a mismatch
     (binary vs semantic, classes, Maskiges, sizes, device); CheckpointError
-    (tasks.train.checkpoint) for the checkpoint (missing, truncated, corrupt, unsafe, another
+    (tasks.checkpoint) for the checkpoint (missing, truncated, corrupt, unsafe, another
     model than expect_model).
 
     on_predictions: called after each batch with its clip ids and what ``predict`` gave for
@@ -475,7 +450,7 @@ def evaluate_checkpoint(checkpoint_uri: str, dataset_url: str, storage: Storage,
         raise EvaluationError(f"batch_size must be >= 1, got {batch_size}")
     if num_overlays < 0:
         raise EvaluationError(f"num_overlays must be >= 0, got {num_overlays}")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     read_meta(checkpoint_uri, storage)  # no checkpoint there: say so before reading the data set
     info = check_dataset(dataset_url, storage, split)
     image_size, model_size = scoring_sizes(info.frame_size, image_size, model_size)
@@ -500,7 +475,7 @@ def evaluate_checkpoint(checkpoint_uri: str, dataset_url: str, storage: Storage,
             if change_batch is not None:
                 batch = change_batch(batch)
             clips_seen += len(batch["clip_id"])
-            outputs = model(**_to_model_size(model_inputs(batch), model_size))
+            outputs = model(**to_model_size(model_inputs(batch), model_size))
             pred = predict(model, outputs, batch)
             if on_predictions is not None:
                 on_predictions(list(batch["clip_id"]), pred)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from models.losses import targets_from_masks
 from models.metrics import BinaryAVSMetric, SemanticAVSMetric
@@ -83,3 +84,27 @@ def _same_kind(metric: BinaryAVSMetric | SemanticAVSMetric) -> dict[str, Any]:
     if isinstance(metric, SemanticAVSMetric):
         return {"num_classes": metric.num_classes, "ignore_index": metric.ignore_index, "beta2": metric.beta2}
     return {"num_thresholds": int(metric.thresholds.numel()), "beta2": metric.beta2}
+
+
+def label_map(pred: torch.Tensor, semantic: bool) -> torch.Tensor:
+    """One frame's prediction as the metric reads it: class ids [H, W]."""
+    if semantic:
+        return pred.float().softmax(0).argmax(0)
+    return (torch.sigmoid(pred.float()) > 0.5).long()
+
+
+def to_model_size(inputs: dict[str, Any], size: int) -> dict[str, Any]:
+    """Frames (bilinear) and Maskige (nearest: its colours are ids) resized to size x size."""
+    out = dict(inputs)
+    for name, mode in (("frames", "bilinear"), ("maskige", "nearest-exact")):
+        x = inputs.get(name)
+        if x is None or tuple(x.shape[-2:]) == (size, size):
+            continue
+        b, t = x.shape[:2]
+        flat = x.flatten(0, 1)
+        if mode == "bilinear":
+            flat = F.interpolate(flat, size=(size, size), mode=mode, align_corners=False, antialias=True)
+        else:
+            flat = F.interpolate(flat, size=(size, size), mode=mode)
+        out[name] = flat.reshape(b, t, *flat.shape[1:])
+    return out

@@ -41,9 +41,9 @@ from infra.config import Config
 from infra.storage import Storage, absolute, join
 from tasks.pretrain.data import MANIFEST, PretrainArrays, read_chunks
 from tasks.shards.loader import ClipTransform
-from tasks.train.checkpoint import load_checkpoint
-from tasks.train.loop import TrainPlan, _sum_over_ranks, prepared_model, report_epoch, worker_context
-from tasks.train.run import TrainResult, TrainSetupError, _check_existing_run, runs_root, run_training
+from tasks.checkpoint import load_checkpoint
+from tasks.train.loop import TrainPlan, prepared_model, report_epoch, sum_over_ranks, worker_context
+from tasks.train.run import TrainResult, TrainSetupError, check_existing_run, runs_root, run_training
 
 MODEL = "encoders_tiny"  # models.build.pretrain_registry
 SETTING = "pretrain"
@@ -67,7 +67,7 @@ def prepare_pretraining(cfg: Config, storage: Storage, set_url: str, run_name: s
                               f"frames {manifest['frame_size']}")
     version = "p-" + hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
     run_dir = join(runs_root(cfg), run_name)
-    latest = _check_existing_run(run_dir, run_name, storage, cfg, MODEL, version)
+    latest = check_existing_run(run_dir, run_name, storage, cfg, MODEL, version)
     clips_per_rank = math.ceil(manifest["counts"]["train"] / t.num_workers)
     options = {"num_categories": int(manifest["num_categories"]), "head_dim": cfg.pretrain.head_dim}
     return TrainPlan(model=MODEL, model_options=options, num_classes=options["num_categories"], setting=SETTING,
@@ -123,7 +123,7 @@ def held_out_scores(bare: torch.nn.Module, clips: PretrainArrays | None, size: i
         scores.append(out["audio_tags"].flatten(0, 1).float().cpu())
         labels.append(audible.flatten(0, 1).cpu())
     bare.train(was_training)
-    conf = torch.tensor(_sum_over_ranks(conf.tolist(), device)).reshape(k + 1, k + 1)
+    conf = torch.tensor(sum_over_ranks(conf.tolist(), device)).reshape(k + 1, k + 1)
     s = torch.cat(scores) if scores else torch.zeros(0, k)
     y = torch.cat(labels) if labels else torch.zeros(0, k)
     if dist.is_available() and dist.is_initialized():  # every rank's tag scores, for the ranking
@@ -195,7 +195,7 @@ def pretrain_loop_per_worker(config: dict[str, Any], storage: Storage | None = N
             step += 1
             for key in sums:
                 sums[key] += float(losses[key].detach()) * batch
-        totals = _sum_over_ranks([sums[k] for k in sorted(sums)] + [float(need)], device)
+        totals = sum_over_ranks([sums[k] for k in sorted(sums)] + [float(need)], device)
         seconds = time.perf_counter() - started
         metrics: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": max(scheduler.get_last_lr()),
                                    **{f"train_{k}": v / totals[-1] for k, v in zip(sorted(sums), totals[:-1])},

@@ -24,7 +24,7 @@ AAC_FRAME = 1024
 
 def palette(semantic: bool) -> np.ndarray:
     """uint8 [256, 3]: the colour of each label (AVSS: AVSBench's VOC palette; binary: red)."""
-    from tasks.decode.avsbench import voc_palette
+    from tasks.media import voc_palette
 
     colours = voc_palette(256).copy()
     if not semantic:

@@ -47,11 +47,11 @@ from tasks.decode.deadline import ChildDied, DeadlineExceeded, DeadlineRunner
 from tasks.decode.video import (
     MIN_VIDEO_SECONDS,
     TRUNCATION_TOLERANCE_S,
-    _ffmpeg_logs_out_of_python,
-    _ffmpeg_message,
-    _open,
-    _origin,
-    _time,
+    ffmpeg_logs_out_of_python,
+    ffmpeg_message,
+    frame_time,
+    open_container,
+    playback_origin,
     resize_rgb,
     upright,
 )
@@ -159,7 +159,7 @@ class _Track:
 
     def add(self, frame: Any) -> None:
         if self.first is None:
-            t = _time(frame)
+            t = frame_time(frame)
             self.first = round((t - self.origin) * self.rate) if t is not None else 0
             self.kept_from = self.first
         for out in self._resampler.resample(frame):
@@ -225,12 +225,12 @@ class WindowReader:
                  original_audio: bool = False):
         if window_s < 1:
             raise ValueError(f"window_s must be >= 1, got {window_s}")
-        _ffmpeg_logs_out_of_python()
+        ffmpeg_logs_out_of_python()
         self.name = name
         self.window_s = window_s
         self.frame_size = frame_size
         self.display_max_side = display_max_side
-        self.container = _open(path, name)  # ClipDecodeError with the reader's reasons
+        self.container = open_container(path, name)  # ClipDecodeError with the reader's reasons
         try:
             self._setup(original_audio)
         except BaseException:
@@ -252,7 +252,7 @@ class WindowReader:
         self.video = videos[0]
         self.video.thread_type = "AUTO"
         self.audio = audios[0] if audios else None
-        self.origin = _origin(c)
+        self.origin = playback_origin(c)
         rate = self.video.average_rate or self.video.guessed_rate
         self._default_duration = 1 / Fraction(rate) if rate else Fraction(1, 25)
         vc = self.video.codec_context
@@ -294,7 +294,7 @@ class WindowReader:
             for packet in self.container.demux(*streams):
                 if packet.stream.index == self.video.index:
                     for frame in packet.decode():
-                        pts = _time(frame)
+                        pts = frame_time(frame)
                         t = pts - self.origin if pts is not None else count * self._default_duration
                         count += 1
                         last_time = t if last_time is None else max(last_time, t)
@@ -327,7 +327,7 @@ class WindowReader:
             raise ClipDecodeError(
                 self.name,
                 f"truncated or corrupt: decoding stopped after {count} video frames "
-                f"({float(last_time or 0):.2f} s): {_ffmpeg_message(e)}",
+                f"({float(last_time or 0):.2f} s): {ffmpeg_message(e)}",
             ) from None
         for track in self.tracks:
             track.finish()

@@ -28,7 +28,7 @@ from infra.storage import Storage
 from tasks.decode.logmel import DEFAULT_FRAMING, FRAMINGS
 from tasks.shards.manifest import Manifest, read_manifest
 from tasks.shards.schema import read_shard, sample_meta
-from tasks.train.checkpoint import CheckpointMeta
+from tasks.checkpoint import CheckpointMeta
 
 log = logging.getLogger(__name__)
 

@@ -57,15 +57,15 @@ import torch
 from infra.storage import Storage, join
 from tasks.clip import Clip, ClipDecodeError
 from tasks.decode.logmel import log_mel_examples
-from tasks.evaluate.report import _label_map, _resolve_device, _to_model_size, scoring_sizes
-from tasks.evaluate.scoring import model_inputs, predict, to_device
+from tasks.evaluate.report import resolve_device, scoring_sizes
+from tasks.evaluate.scoring import label_map, model_inputs, predict, to_device, to_model_size
 from tasks.media import png_bytes
 from tasks.segment.overlay import OverlayWriter, highlight, palette
 from tasks.segment.reader import Window, WindowStream
 from tasks.segment.recipe import Recipe, RecipeError, check_framing, training_recipe
 from tasks.shards.loader import ClipTransform, collate_clips
 from tasks.shards.schema import clip_to_sample, decode_sample
-from tasks.train.checkpoint import build_from_checkpoint, read_meta
+from tasks.checkpoint import build_from_checkpoint, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,9 @@ class WindowModel:
     @torch.no_grad()
     def __call__(self, windows: list[Window], name: str) -> np.ndarray:
         batch = to_device(collate_clips([self.example(w, name) for w in windows]), self.device)
-        outputs = self.model(**_to_model_size(model_inputs(batch), self.model_size))
+        outputs = self.model(**to_model_size(model_inputs(batch), self.model_size))
         pred = predict(self.model, outputs, batch)  # B x T x [C + 1 x] S x S
-        return np.stack([np.stack([_label_map(pred[b, t], self.semantic).byte().cpu().numpy()
+        return np.stack([np.stack([label_map(pred[b, t], self.semantic).byte().cpu().numpy()
                                    for t in range(pred.shape[1])]) for b in range(pred.shape[0])])
 
 
@@ -199,7 +199,7 @@ def segment_video(video_uri: str, checkpoint_uri: str, storage: Storage, out_dir
                            "training flow, local or s3://)")
     read_meta(checkpoint_uri, storage)  # CheckpointError naming it when there is no usable meta.json
     try:
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
     except ValueError as e:
         raise SegmentError(str(e)) from None
     model, meta = build_from_checkpoint(checkpoint_uri, storage, expect_model=expect_model, device=dev)

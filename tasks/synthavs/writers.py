@@ -36,7 +36,7 @@ import numpy as np
 
 from infra.storage import Storage, join
 from tasks.clip import SAMPLE_RATE
-from tasks.decode.avsbench import voc_palette
+from tasks.media import voc_palette
 from tasks.media import jpeg_bytes, png_bytes
 
 OBJECT_ROOT = "AVSBench_object"

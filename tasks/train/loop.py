@@ -28,7 +28,7 @@ Validation runs the bare model (no DDP wrapper): no collective in its forward, s
 hold different numbers of validation batches.
 
 ``ray.train.report`` every epoch on every rank (a barrier), rank 0 with the checkpoint
-(:mod:`tasks.train.checkpoint`: model, optimiser, scheduler, epoch, step, the config, the data
+(:mod:`tasks.checkpoint`: model, optimiser, scheduler, epoch, step, the config, the data
 set's URL and version, this epoch's metrics and the history of all epochs). At start,
 ``ray.train.get_checkpoint()`` (after a worker failure, or on a rerun with the same run name)
 or else ``train.resume_from`` restores all of it; the epoch then restarts from its beginning,
@@ -59,7 +59,7 @@ from infra.config import Config, to_dict
 from infra.storage import Storage, is_remote, join
 from tasks.evaluate.scoring import model_inputs, new_metric, predict, score_clips, set_targets, to_device
 from tasks.shards.loader import make_loader
-from tasks.train.checkpoint import CheckpointMeta, LoadedCheckpoint, load_checkpoint, save_checkpoint
+from tasks.checkpoint import CheckpointMeta, LoadedCheckpoint, load_checkpoint, save_checkpoint
 from tasks.train.optim import build_optimizer, build_scheduler
 
 
@@ -132,7 +132,7 @@ def train_loop_per_worker(config: dict[str, Any], storage: Storage | None = None
     w = worker_context(config, storage)
     cfg, plan, storage, rank, world, device, amp = w.cfg, w.plan, w.storage, w.rank, w.world, w.device, w.amp
     t = cfg.train
-    model, bare, (optimizer, scheduler, start_epoch, step, history) = prepared_model(w, lambda: _build_model(plan, storage))
+    model, bare, (optimizer, scheduler, start_epoch, step, history) = prepared_model(w, lambda: build_run_model(plan, storage))
 
     for epoch in range(start_epoch, t.epochs):
         started = time.perf_counter()
@@ -142,7 +142,7 @@ def train_loop_per_worker(config: dict[str, Any], storage: Storage | None = None
         while True:
             batch = _next_batch(batches, rank, epoch)
             has_data = batch is not None
-            active = _sum_over_ranks(float(has_data), device)  # ranks that still have a batch
+            active = sum_over_ranks(float(has_data), device)  # ranks that still have a batch
             if active == 0:
                 break
             if has_data:
@@ -188,7 +188,7 @@ def end_epoch(model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: Confi
     rank = ray.train.get_context().get_world_rank()
     bare = getattr(model, "module", model)
     names = sorted(sums)
-    totals = _sum_over_ranks([sums[k] for k in names] + [float(samples)], device)
+    totals = sum_over_ranks([sums[k] for k in names] + [float(samples)], device)
     train_seconds = time.perf_counter() - started
     metrics: dict[str, Any] = {
         "epoch": epoch + 1, "step": step, "lr": max(scheduler.get_last_lr()),
@@ -213,7 +213,7 @@ def end_epoch(model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: Confi
 def report_epoch(model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: Config, plan: TrainPlan, epoch: int,
                  step: int, metrics: dict[str, Any], history: list[dict[str, Any]],
                  rank_metrics: dict[str, Any]) -> None:
-    """Rank 0 (``rank_metrics["rank"]``) writes the epoch's checkpoint (tasks.train.checkpoint's format)
+    """Rank 0 (``rank_metrics["rank"]``) writes the epoch's checkpoint (tasks.checkpoint's format)
     when ``train.checkpoint_every`` or the last epoch says so; every rank reports its rank_metrics."""
     t = cfg.train
     with tempfile.TemporaryDirectory(prefix="avs-ckpt-") as folder:
@@ -227,7 +227,7 @@ def report_epoch(model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: Co
         ray.train.report(rank_metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
 
-def _build_model(plan: TrainPlan, storage: Storage) -> torch.nn.Module:
+def build_run_model(plan: TrainPlan, storage: Storage) -> torch.nn.Module:
     """The registry's model; weight files given as s3:// are fetched to local temp files first."""
     from models.build import build_model
 
@@ -257,7 +257,7 @@ def _next_batch(batches: Any, rank: int, epoch: int) -> dict[str, Any] | None:
         raise RuntimeError(f"rank {rank}, epoch {epoch + 1}: reading the training shards failed: {e}{hint}") from e
 
 
-def _sum_over_ranks(values: float | list[float], device: torch.device) -> Any:
+def sum_over_ranks(values: float | list[float], device: torch.device) -> Any:
     """values summed over every rank (float64, on the device the backend needs)."""
     x = torch.tensor(values if isinstance(values, list) else [values], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():

@@ -5,7 +5,7 @@
     prepare_moca(cfg, storage, dataset_url, name)   on the driver, no worker yet: TrainSetupError on bad input
       -> TorchTrainer(moca_loop_per_worker, ...)     the same ScalingConfig, RunConfig, storage, resume,
                                                      checkpoints and EpochProgress as tasks.train.run
-      -> fit() -> TrainResult                        a checkpoint of tasks.train.checkpoint's format
+      -> fit() -> TrainResult                        a checkpoint of tasks.checkpoint's format
 
 A training example is one ANCHOR frame of the train split with its second of log-mel, its
 ``K`` positive and ``M`` negative partner frames from ``pairs.parquet`` (beside the shards,
@@ -74,7 +74,7 @@ import torch.nn.functional as F
 
 from infra.config import Config
 from infra.storage import Storage, StorageError, join
-from tasks.train.loop import TrainPlan, _build_model, end_epoch, prepared_model, worker_context
+from tasks.train.loop import TrainPlan, build_run_model, end_epoch, prepared_model, worker_context
 from tasks.train.run import TrainResult, TrainSetupError, prepare, run_training
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,7 @@ def moca_loop_per_worker(config: dict[str, Any], storage: Storage | None = None)
     batches = PairBatches(store, pairs, lc.batch_size, lc.image_size, lc.augment, lc.crop_scale, lc.hflip_p, lc.seed)
     load_s = time.perf_counter() - loaded
 
-    model, bare, (optimizer, scheduler, start_epoch, step, history) = prepared_model(w, lambda: _build_model(plan, storage))
+    model, bare, (optimizer, scheduler, start_epoch, step, history) = prepared_model(w, lambda: build_run_model(plan, storage))
 
     for epoch in range(start_epoch, t.epochs):
         started = time.perf_counter()
@@ -430,7 +430,7 @@ def save_training_free(cfg: Config, storage: Storage, dataset_url: str,
     weights, so that evaluation, reports and ``flows.evaluate`` take it as any other. A run that
     has its checkpoint already is reused. No pairs are needed: the model reads none."""
     from infra.config import to_dict
-    from tasks.train.checkpoint import CheckpointMeta, read_meta, save_checkpoint
+    from tasks.checkpoint import CheckpointMeta, read_meta, save_checkpoint
 
     logger = logger or log
     run_name = cfg.train.run_name or f"{cfg.model.registry_name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -445,7 +445,7 @@ def save_training_free(cfg: Config, storage: Storage, dataset_url: str,
         result.checkpoint_uri, result.metrics, result.history = plan.latest_checkpoint, dict(meta.metrics), list(meta.history)
         return result
     torch.manual_seed(cfg.seed)
-    model = _build_model(plan, storage)
+    model = build_run_model(plan, storage)
     meta = CheckpointMeta(model=plan.model, model_options=plan.model_options, epoch=0, step=0,
                           dataset_url=plan.dataset_url, dataset_version=plan.dataset_version, setting=plan.setting,
                           config=to_dict(cfg), metrics={"epoch": 0, "trained": False}, history=[])

@@ -69,7 +69,7 @@ from infra.config import Config, ConfigError
 from infra.ray_runtime import init_ray
 from infra.storage import Storage, StorageError, absolute, is_remote, join, require_shared
 from tasks.shards.manifest import Manifest, read_manifest
-from tasks.train.checkpoint import META_FILE, CheckpointError, CheckpointMeta, load_checkpoint, read_meta
+from tasks.checkpoint import META_FILE, CheckpointError, CheckpointMeta, load_checkpoint, read_meta
 from tasks.train.loop import TrainPlan, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class TrainResult:
 
     run_name: str
     run_dir: str  # {storage_path}/{run_name}, local or s3://
-    checkpoint_uri: str | None  # the last checkpoint (tasks.train.checkpoint format)
+    checkpoint_uri: str | None  # the last checkpoint (tasks.checkpoint format)
     metrics: dict[str, Any]  # of the last epoch (rank 0's report)
     history: list[dict[str, Any]]  # every epoch of the run, resumed ones included
     dataset_url: str
@@ -216,7 +216,7 @@ def _latest_run_checkpoint(run_dir: str, storage: Storage) -> str | None:
     return max(done, key=lambda u: posixpath.basename(u.rstrip("/"))) if done else None
 
 
-def _check_existing_run(run_dir: str, run_name: str, storage: Storage, cfg: Config, model: str,
+def check_existing_run(run_dir: str, run_name: str, storage: Storage, cfg: Config, model: str,
                         version: str) -> str | None:
     """The checkpoint a rerun resumes from (checked), or None for a new run."""
     if not storage.listdir(run_dir):
@@ -312,7 +312,7 @@ def prepare(cfg: Config, storage: Storage, dataset_url: str, run_name: str) -> T
                 raise TrainSetupError(f"model.{key}={options[key]}: no such file")
             options[key] = absolute(options[key])  # the workers run in folders of their own
     init = None
-    latest = _check_existing_run(run_dir, run_name, storage, cfg, model, manifest.dataset_version)
+    latest = check_existing_run(run_dir, run_name, storage, cfg, model, manifest.dataset_version)
     if latest is None and t.resume_from:
         init = absolute(t.resume_from)
         try:

@@ -35,7 +35,7 @@ Layout, under ``{tune.storage_path or output/tune}/{tune.name}/`` (local or s3:/
     results.csv            one row per trial (tasks/tune/results.py)
     best_overrides.txt     the best trial's values as Hydra overrides, one line
     best_checkpoint.txt    the best trial's last checkpoint (URI)
-    train/{trial id}/      each trial's Ray Train run: checkpoint_epoch000N/ (tasks.train.checkpoint)
+    train/{trial id}/      each trial's Ray Train run: checkpoint_epoch000N/ (tasks.checkpoint)
     {trial id}/, ...       Ray Tune's own files: each trial's params.json, result.json, progress.csv,
                            the experiment state
 

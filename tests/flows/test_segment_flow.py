@@ -22,7 +22,7 @@ from tasks.shards.manifest import Manifest, write_manifest
 from tasks.shards.schema import clip_to_sample, shard_name, write_shard
 from tasks.synthavs.generate import generate_clip
 from tasks.synthavs.writers import write_video_clip
-from tasks.train.checkpoint import CheckpointMeta, save_checkpoint
+from tasks.checkpoint import CheckpointMeta, save_checkpoint
 
 OVERRIDES = ["data.synth.frame_height=64", "data.synth.frame_width=64", "data.num_frames=3"]
 

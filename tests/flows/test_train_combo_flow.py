@@ -10,7 +10,7 @@ import pytest
 
 from flows.train_combo import train_combo
 from infra.storage import join
-from tasks.train.checkpoint import read_meta
+from tasks.checkpoint import read_meta
 from tasks.train.run import TrainSetupError
 
 REPORT_FILES = ("metrics.json", "per_video.csv", "curves.png", "overlays.png")

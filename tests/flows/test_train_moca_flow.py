@@ -11,7 +11,7 @@ import pytest
 
 from flows.train_moca import train_moca
 from infra.storage import Storage, join
-from tasks.train.checkpoint import read_meta
+from tasks.checkpoint import read_meta
 from tasks.train.run import TrainSetupError
 
 REPORT_FILES = ("metrics.json", "per_video.csv", "curves.png", "overlays.png")

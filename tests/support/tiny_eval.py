@@ -12,7 +12,7 @@ from models.build import build_model
 from tasks.shards.manifest import Manifest, write_manifest
 from tasks.shards.schema import clip_to_sample, shard_name, write_shard
 from tasks.synthavs.generate import generate_clip
-from tasks.train.checkpoint import CheckpointMeta, save_checkpoint
+from tasks.checkpoint import CheckpointMeta, save_checkpoint
 
 T = 3
 NUM_CATEGORIES = 8

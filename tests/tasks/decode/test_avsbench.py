@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from infra.storage import Storage
-from tasks.decode.avsbench import voc_palette
+from tasks.media import voc_palette
 from tasks.decode.logmel import log_mel_examples
 from tasks.decode.safe_pickle import UnsafePickleError, load_array, loads
 from tasks.decode.sources import decode_clip, decode_or_reject, list_avsbench

@@ -21,7 +21,7 @@ from tasks.enrich.maskige import maskige_rgb
 from tasks.evaluate import report as report_module
 from tasks.evaluate.report import EvaluationError, curve_panels, curves_png, evaluate_checkpoint
 from tasks.shards.schema import shard_name
-from tasks.train.checkpoint import MODEL_FILE, CheckpointError
+from tasks.checkpoint import MODEL_FILE, CheckpointError
 
 torch.set_num_threads(1)
 

@@ -70,7 +70,7 @@ def tiny_case(tmp_path):
 
 def test_robustness_counts_equal_a_count_by_hand(tiny_case):
     from tasks.evaluate.scoring import model_inputs, predict, to_device
-    from tasks.train.checkpoint import build_from_checkpoint
+    from tasks.checkpoint import build_from_checkpoint
 
     storage, ds, ckpt, out = tiny_case
     result = measure_robustness(ckpt, ds, storage, out, batch_size=2, progress=False)

@@ -29,7 +29,8 @@ from models.build import build_model
 from tasks.clip import ClipRef
 from tasks.decode.sources import decode_clip
 from tasks.decode.video import encode_video, read_av
-from tasks.evaluate.report import _label_map, evaluate_checkpoint
+from tasks.evaluate.report import evaluate_checkpoint
+from tasks.evaluate.scoring import label_map
 from tasks.evaluate.scoring import model_inputs, predict
 from tasks.preprocess import ClipWork, EnrichStage, content_config, write_group
 from tasks.segment.reader import WindowStream
@@ -38,7 +39,7 @@ from tasks.shards.loader import make_loader
 from tasks.shards.manifest import Manifest, write_manifest
 from tasks.synthavs.generate import generate_clip
 from tasks.synthavs.writers import write_video_clip
-from tasks.train.checkpoint import CheckpointMeta, save_checkpoint
+from tasks.checkpoint import CheckpointMeta, save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -132,7 +133,7 @@ def test_segment_gives_the_masks_the_evaluation_scores(setup, tmp_path):
 
     def keep(clip_ids: list[str], pred: torch.Tensor) -> None:
         for clip_id, p in zip(clip_ids, pred):
-            scored[clip_id] = np.stack([_label_map(p[t], False).byte().numpy() for t in range(p.shape[0])])
+            scored[clip_id] = np.stack([label_map(p[t], False).byte().numpy() for t in range(p.shape[0])])
 
     evaluate_checkpoint(ckpt, ds, storage, str(tmp_path / "eval"), split="test", device="cpu", batch_size=1,
                         num_overlays=0, progress=False, on_predictions=keep)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from infra.schema.synth import SYNTH_PRESETS, SynthConfig, synth_preset
 from infra.storage import Storage
-from tasks.decode.avsbench import voc_palette
+from tasks.media import voc_palette
 from tasks.synthavs import FRAME_OFFSET_S, generate_clip, generate_synthavs, render, sample_scene
 from tasks.synthavs.categories import categories
 from tasks.synthavs.sound import per_second_rms

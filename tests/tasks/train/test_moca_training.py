@@ -149,7 +149,7 @@ def first_run(maskless, tmp_path_factory, ray_local):
 def test_moca_trains_on_ray_without_train_masks_and_its_checkpoint_is_scored(first_run, maskless, tmp_path):
     from tasks.evaluate.report import evaluate_checkpoint
     from tasks.train import moca
-    from tasks.train.checkpoint import load_checkpoint
+    from tasks.checkpoint import load_checkpoint
 
     result, out = first_run
     storage = Storage()
@@ -216,7 +216,7 @@ def test_the_saliency_baseline_gets_a_run_without_ray_and_is_scored_as_any_model
     the evaluate step scores it; a rerun reuses it."""
     from tasks.evaluate.report import evaluate_checkpoint
     from tasks.train import moca
-    from tasks.train.checkpoint import read_meta
+    from tasks.checkpoint import read_meta
 
     monkeypatch.setattr("infra.ray_runtime.init_ray", lambda *a, **k: pytest.fail("Ray was started"))
     monkeypatch.setattr(moca, "train_pairs", lambda *a, **k: pytest.fail("pairs were read"))

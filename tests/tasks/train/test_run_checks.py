@@ -15,7 +15,7 @@ from infra.storage import Storage, join
 from models.build import build_model
 from tasks.shards.manifest import Manifest, write_manifest
 from tasks.train import run as train_run
-from tasks.train.checkpoint import MODEL_FILE, CheckpointError, CheckpointMeta, save_checkpoint
+from tasks.checkpoint import MODEL_FILE, CheckpointError, CheckpointMeta, save_checkpoint
 from tasks.train.run import TrainSetupError, prepare
 
 torch.set_num_threads(1)

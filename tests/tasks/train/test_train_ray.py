@@ -27,7 +27,7 @@ from infra.schema.storage import StorageConfig
 from infra.storage import Storage, join
 from tasks.shards.manifest import read_manifest
 from tasks.shards.schema import read_shard, sample_meta
-from tasks.train.checkpoint import load_checkpoint
+from tasks.checkpoint import load_checkpoint
 from tasks.train.run import run_training
 
 REPO = Path(__file__).resolve().parents[3]

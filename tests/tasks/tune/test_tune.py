@@ -30,7 +30,7 @@ from infra.config import ConfigError, compose
 from infra.schema.tune import SEARCH_KEYS
 from infra.storage import Storage, join
 from tasks.shards.manifest import Manifest, write_manifest
-from tasks.train.checkpoint import load_checkpoint
+from tasks.checkpoint import load_checkpoint
 from tasks.train.run import TrainSetupError
 from tasks.tune import search as tune_search
 from tasks.tune.search import TuneSetupError, max_concurrent, prepare_search, run_search

@@ -1,12 +1,20 @@
 """Best-match IoU of Maskige segments against exact objects, and the SynthAVS measurement."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from infra.schema.enrich import MaskigeConfig
 from infra.schema.synth import synth_preset
-from tasks.enrich.mask_quality import best_match_iou, match_objects, measure_mask_sources, segment_count
+
+BENCH = str(Path(__file__).resolve().parents[2] / "bench")
+sys.path.insert(0, BENCH)
+from mask_quality import best_match_iou, match_objects, measure_mask_sources, segment_count  # noqa: E402
+
+sys.path.remove(BENCH)
 
 
 def test_object_that_is_exactly_one_segment_scores_one():

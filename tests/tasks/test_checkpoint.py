@@ -11,7 +11,7 @@ import torch
 
 from infra.storage import Storage
 from models.build import build_model
-from tasks.train.checkpoint import (
+from tasks.checkpoint import (
     META_FILE,
     MODEL_FILE,
     STATE_FILE,

@@ -23,16 +23,20 @@ do count against a segment that spills onto them.
 making the Maskiges through :class:`~tasks.enrich.maskige.MaskigeMaker` exactly as
 preprocessing does. A table of the classical sources::
 
-    .venv/bin/python -m tasks.enrich.mask_quality --size 96 --clips 16
+    .venv/bin/python bench/mask_quality.py --size 96 --clips 16
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 import time
 from collections.abc import Mapping
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root, run as a script
 
 from infra.schema.enrich import MaskigeConfig
 from infra.schema.synth import SynthConfig
