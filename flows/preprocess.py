@@ -12,10 +12,9 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import Overrides, avs_flow, main
 from infra.config import compose
 from infra.storage import Storage
+from tasks.decode.registry import source
 from tasks.preprocess import run_preprocess
-from tasks.synthavs import ensure_synthavs
 
-synthesize = task(ensure_synthavs, name="synthavs", cache_policy=NO_CACHE)
 build_dataset = task(run_preprocess, name="build-shards", cache_policy=NO_CACHE)
 
 
@@ -38,9 +37,10 @@ def make_dataset(cfg, storage: Storage) -> dict:
     log the rejects. Returns the run's summary (``dataset_url``, counts, rates)."""
     log = get_run_logger()
     root = cfg.data.uri
-    if cfg.data.source == "synth":
-        root, _, generated = synthesize(cfg, storage)
-        log.info("SynthAVS %s at %s", "generated" if generated else "reused", root)
+    src = source(cfg.data.source)  # an unknown data.source fails here, before any work
+    if src.prepare is not None:  # a source made before it is read (SynthAVS)
+        root, _, made = task(src.prepare, name=src.prepare_name or f"prepare-{src.name}", cache_policy=NO_CACHE)(cfg, storage)
+        log.info("%s %s at %s", src.name, "made" if made else "reused", root)
     result = build_dataset(cfg, storage, source_root=root)
     summary = result.summary()
     log.info("preprocess: %s", json.dumps(summary))

@@ -8,6 +8,7 @@ video files, SynthAVS) produces the same :class:`Clip`, so everything downstream
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,3 +130,26 @@ class Reject:
 
     def to_dict(self) -> dict[str, str]:
         return {"clip_id": self.clip_id, "source_uri": self.source_uri, "stage": self.stage, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A kind of data source (``data.source``), declared by the module that reads it and named in
+    :data:`tasks.decode.registry.REGISTRY`.
+
+    list: ``(root, data config, storage) -> (refs, rejects)``, every clip under root;
+    decode: ``(ref, storage, num_frames or None, frame_size) -> Clip`` for refs of ``kinds``
+        (None: the refs it lists are of another source's kinds and decoded there);
+    kinds: the ``ClipRef.kind`` values this source decodes;
+    prepare: ``(config, storage) -> (root, summary, made)`` for a source that is made before it
+        is read (SynthAVS, generated when missing), run by the preprocess flow as a task named
+        ``prepare_name``; None for sources that are simply there.
+    """
+
+    name: str
+    list: Callable[..., tuple[list[ClipRef], list[Reject]]]
+    decode: Callable[..., Clip] | None = None
+    kinds: tuple[str, ...] = ()
+    prepare: Callable[..., tuple[str, dict, bool]] | None = None
+    prepare_name: str = ""
+

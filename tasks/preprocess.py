@@ -33,7 +33,8 @@ from infra.config import Config, config_hash, to_dict
 from infra.storage import Storage, absolute, join, require_shared
 from tasks.clip import Clip, ClipRef, Reject
 from tasks.decode.logmel import DEFAULT_FRAMING
-from tasks.decode.sources import decode_or_reject, list_avsbench, list_videos
+from tasks.decode.registry import source
+from tasks.decode.sources import decode_or_reject
 from tasks.enrich.pairs import mine_pairs, write_pairs
 from tasks.shards.manifest import Manifest, read_manifest, write_manifest
 from tasks.shards.schema import SCHEMA_VERSION, clip_to_sample, read_shard, sample_key, shard_name, write_shard
@@ -48,10 +49,7 @@ def list_source(cfg: Config, storage: Storage, root: str | None = None) -> tuple
     """ClipRefs of the configured source, sorted by clip id, and the rows that could not be listed."""
     data = cfg.data
     root = absolute(root or data.uri)
-    if data.source in ("synth", "avsbench"):
-        refs, rejects = list_avsbench(root, data.setting, storage, splits=list(data.splits))
-    else:
-        refs, rejects = list_videos(root, storage)
+    refs, rejects = source(data.source).list(root, data, storage)
     refs = sorted(refs, key=lambda r: r.clip_id)
     if data.max_clips is not None:
         refs = refs[: data.max_clips]

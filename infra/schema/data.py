@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 
 from infra.schema.synth import SynthConfig
 
-SOURCES = ("synth", "avsbench", "videos")
 SETTINGS = ("s4", "ms3", "avss")
 MAX_FRAMES = 60
 OBJECT_NUM_FRAMES = 5  # AVSBench S4 / MS3 clips: 5 seconds, one frame per second
@@ -14,6 +13,7 @@ VIDEO_NUM_FRAMES = 5  # video files: T when data.num_frames is null (any length 
 
 @dataclass
 class DataConfig:
+    # A registered source (tasks/decode/registry.py; an unknown name fails before any work):
     # synth: generate SynthAVS into `uri`, then read it as an AVSBench folder.
     # avsbench: an AVSBench root (holding AVSBench_object/ and/or AVSBench_semantic/).
     # videos: a folder or bucket of video files (any container FFmpeg reads).
@@ -32,8 +32,8 @@ class DataConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        if not isinstance(self.source, str) or not self.source:
+            raise ValueError(f"data.source must name a registered source (tasks/decode/registry.py), got {self.source!r}")
         if self.setting not in SETTINGS:
             raise ValueError(f"data.setting must be one of {SETTINGS}, got {self.setting!r}")
         bad = [s for s in self.splits if s not in ("train", "val", "test")]

@@ -65,7 +65,7 @@ import numpy as np
 from PIL import Image
 
 from infra.storage import Storage, is_remote, join
-from tasks.clip import SAMPLE_RATE, SPLITS, Clip, ClipDecodeError, ClipRef, Reject
+from tasks.clip import SAMPLE_RATE, SPLITS, Clip, ClipDecodeError, ClipRef, Reject, Source
 from tasks.decode.logmel import DEFAULT_FRAMING, log_mel_examples
 from tasks.decode.safe_pickle import UnsafePickleError, load_array
 from tasks.decode.video import decode_audio, resize_rgb
@@ -497,3 +497,11 @@ def _log_mel(ref: ClipRef, storage: Storage, audio: np.ndarray, num_frames: int)
     logmel = log_mel_examples(audio, num_frames)  # seconds past the pickle's end: from the wav
     logmel[: array.shape[0]] = array
     return logmel, "pickle+wav"
+
+
+def _list_source(root: str, data, storage: Storage) -> tuple[list[ClipRef], list[Reject]]:
+    return list_clips(root, data.setting, storage, list(data.splits))
+
+
+SOURCE = Source("avsbench", list=_list_source, decode=decode, kinds=("avsbench_s4", "avsbench_ms3", "avsbench_avss"))
+

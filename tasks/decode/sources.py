@@ -1,6 +1,7 @@
 """Sources and decoding: where clips come from, and how each becomes one in-memory Clip.
 
-Two kinds of source, one result (:class:`~tasks.clip.Clip`):
+The sources are registered in :mod:`tasks.decode.registry`; each lists its clips and decodes
+one into the same result (:class:`~tasks.clip.Clip`). Those of today:
 
 - an AVSBench folder (S4, MS3 or AVSS, laid out as released; SynthAVS writes the same
   layout): :func:`list_avsbench`, decoded by :mod:`tasks.decode.avsbench`;
@@ -29,11 +30,10 @@ from infra.storage import Storage
 from tasks.clip import Clip, ClipDecodeError, ClipRef, Reject
 from tasks.decode import avsbench, video
 from tasks.decode.deadline import ChildDied, DeadlineExceeded, DeadlineRunner
+from tasks.decode.registry import known_kinds, source_of_kind
 from tasks.decode.video import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
-
-KINDS = ("avsbench_s4", "avsbench_ms3", "avsbench_avss", "video")
 
 
 def list_avsbench(
@@ -72,12 +72,10 @@ def decode_clip(ref: ClipRef, storage: Storage, num_frames: int | None, frame_si
         raise ValueError(f"num_frames must be >= 1 (or None: the source decides), got {num_frames}")
     if frame_size < 8:
         raise ValueError(f"frame_size must be >= 8, got {frame_size}")
-    if ref.kind == "video":
-        clip = video.decode(ref, storage, num_frames or video.DEFAULT_SECONDS, frame_size)
-    elif ref.kind.startswith("avsbench_"):
-        clip = avsbench.decode(ref, storage, num_frames, frame_size)
-    else:
-        raise ClipDecodeError(ref.clip_id, f"unknown source kind {ref.kind!r} (known: {', '.join(KINDS)})")
+    src = source_of_kind(ref.kind)
+    if src is None:
+        raise ClipDecodeError(ref.clip_id, f"unknown source kind {ref.kind!r} (known: {', '.join(known_kinds())})")
+    clip = src.decode(ref, storage, num_frames, frame_size)
     try:
         clip.validate()
     except ValueError as e:

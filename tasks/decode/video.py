@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from infra.storage import Storage, is_remote
-from tasks.clip import SAMPLE_RATE, SPLITS, Clip, ClipDecodeError, ClipRef, Reject
+from tasks.clip import SAMPLE_RATE, SPLITS, Clip, ClipDecodeError, ClipRef, Reject, Source
 from tasks.decode.logmel import log_mel_examples
 
 DEFAULT_SECONDS = 5  # T for a plain video when the config leaves it to the source (AVSBench S4/MS3: 5)
@@ -520,3 +520,15 @@ def _check_complete(container, video_stream, picker: _FramePicker, audio: _Audio
                 f"truncated or corrupt: the file declares {declared:.2f} s but decodes only "
                 f"{max(decoded, audio_end):.2f} s",
             )
+
+
+def _list_source(root: str, data, storage: Storage) -> tuple[list[ClipRef], list[Reject]]:
+    return list_clips(root, storage, VIDEO_EXTENSIONS)
+
+
+def _decode_source(ref: ClipRef, storage: Storage, num_frames: int | None, frame_size: int) -> Clip:
+    return decode(ref, storage, num_frames or DEFAULT_SECONDS, frame_size)
+
+
+SOURCE = Source("videos", list=_list_source, decode=_decode_source, kinds=("video",))
+

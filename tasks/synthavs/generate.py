@@ -18,7 +18,8 @@ from tqdm import tqdm
 from infra.config import Config, config_hash, to_dict
 from infra.schema.synth import SynthConfig
 from infra.storage import Storage, absolute, join, require_shared
-from tasks.clip import SAMPLE_RATE, SETTINGS, Clip
+from tasks.clip import SAMPLE_RATE, SETTINGS, Clip, Source
+from tasks.decode import avsbench
 from tasks.decode.logmel import log_mel_examples
 from tasks.synthavs import render, sound, writers
 from tasks.synthavs.categories import categories
@@ -307,3 +308,9 @@ def ensure_synthavs(cfg: Config, storage: Storage, settings: tuple[str, ...] | N
     summary = generate_synthavs(cfg.data.synth, root, storage, settings, progress=progress, use_ray=use_ray)
     storage.write_text(marker, json.dumps({"config": to_dict(cfg.data.synth), "summary": summary}, sort_keys=True))
     return root, summary, True
+
+
+# SynthAVS as a data source (tasks.decode.registry): made when missing, then read as the AVSBench
+# folder it is written as (its clips are AVSBench refs, decoded by the AVSBench reader).
+SOURCE = Source("synth", list=avsbench.SOURCE.list, prepare=ensure_synthavs, prepare_name="synthavs")
+
