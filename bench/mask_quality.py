@@ -28,6 +28,7 @@ preprocessing does. A table of the classical sources::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -226,11 +227,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="test")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
+    out = {}
     for size in args.size:
         cfg = synth_preset(args.preset, frame_height=size, frame_width=size)
         results = measure_mask_sources(cfg, default_methods(), args.clips, args.setting, args.split)
         print(f"\nSynthAVS {args.preset} {args.setting}/{args.split}, {size} px, {args.clips} clips")
         print(format_table(results))
+        out[str(size)] = {name: {k: v for k, v in r.items() if k != "clip_means"} for name, r in results.items()}
+    print(json.dumps({"preset": args.preset, "setting": args.setting, "split": args.split, "clips": args.clips,
+                      "sizes": out}, default=float))
 
 
 if __name__ == "__main__":
