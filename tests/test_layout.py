@@ -89,11 +89,15 @@ def test_no_import_cycles():
     assert cycles == []
 
 
+def _empty_packages(root: Path) -> None:
+    for pkg in PACKAGES:
+        (root / pkg).mkdir()
+        (root / pkg / "__init__.py").write_text("")
+
+
 def test_the_checker_sees_a_cycle(tmp_path):
     """The graph itself: two modules importing each other (one inside a function) are both seen."""
-    for pkg in PACKAGES:
-        (tmp_path / pkg).mkdir()
-        (tmp_path / pkg / "__init__.py").write_text("")
+    _empty_packages(tmp_path)
     (tmp_path / "tasks" / "a.py").write_text("def f():\n    from tasks import b\n")
     (tmp_path / "tasks" / "b.py").write_text("from tasks.a import f\n")
     (tmp_path / "models" / "m.py").write_text("import infra.x\n")
@@ -148,9 +152,7 @@ def test_no_private_name_is_borrowed_across_modules():
 
 
 def test_the_private_name_check_sees_a_borrowed_name(tmp_path):
-    for pkg in PACKAGES:
-        (tmp_path / pkg).mkdir()
-        (tmp_path / pkg / "__init__.py").write_text("")
+    _empty_packages(tmp_path)
     (tmp_path / "tasks" / "a.py").write_text("def _helper():\n    pass\n")
     (tmp_path / "tasks" / "b.py").write_text("from tasks.a import _helper\n")
     assert _private_imports(tmp_path) == ["tasks.b imports tasks.a._helper"]
